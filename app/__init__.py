@@ -1,0 +1,1 @@
+"""nasdeploy demo app."""

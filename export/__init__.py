@@ -1,0 +1,1 @@
+"""nasdeploy export: ONNX, quantisation and TensorRT engines."""

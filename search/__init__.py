@@ -1,0 +1,1 @@
+"""nasdeploy search: space, genotype, builder, strategies."""

@@ -1,0 +1,1 @@
+"""nasdeploy serve: torch-free runtimes for exported models."""
