@@ -1,0 +1,221 @@
+"""Latency and throughput of a model on this machine.
+
+    python -m serve.bench MODEL [--backend auto] [--batch-sizes 1,8,32]
+                                [--warmup 10] [--iters N | --seconds S] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.atomic import atomic_write_text
+from search.errors import NasdeployError
+from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime
+
+MIN_ITERS = 5
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure: batch sizes, warm-up runs, and iterations or seconds per size."""
+
+    model: Path
+    backend: str = "auto"
+    device: str = "auto"
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    warmup: int = 10
+    iters: int | None = None
+    seconds: float = 2.0
+    seed: int = 0
+
+
+def run_bench(
+    config: BenchConfig, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Load the model and time every batch size; return a JSON-ready report."""
+    runtime = load_runtime(config.model, config.backend, config.device)
+    rng = np.random.default_rng(config.seed)
+    results = []
+    for n in config.batch_sizes:
+        if runtime.fits_batch(n):
+            results.append(bench_batch(runtime, n, config, rng))
+        else:
+            results.append({"batch_size": n, "skipped": skip_reason(runtime)})
+        if progress:
+            progress(n)
+    return {
+        "model": str(config.model),
+        "runtime": runtime.describe(),
+        "host": host_info(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "results": results,
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def bench_batch(
+    runtime: Runtime, n: int, config: BenchConfig, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Warm up, then time ``runtime.predict`` on an ``n``-image batch."""
+    size = runtime.info.image_size
+    batch = rng.standard_normal((n, 3, size, size)).astype(np.float32)
+    for _ in range(config.warmup):
+        runtime.predict(batch)
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        runtime.predict(batch)
+        times.append(time.perf_counter() - t0)
+        if config.iters is not None:
+            if len(times) >= config.iters:
+                break
+        elif len(times) >= MIN_ITERS and time.perf_counter() - start >= config.seconds:
+            break
+    ms = np.asarray(times) * 1000.0
+    return {
+        "batch_size": n,
+        "iters": len(times),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "throughput_ips": float(n * len(times) / (ms.sum() / 1000.0)),
+        "skipped": None,
+    }
+
+
+def skip_reason(runtime: Runtime) -> str:
+    """Why a batch size does not fit ``runtime``."""
+    low, high = runtime.batch_limits
+    if low == high:
+        return f"model has a fixed batch size of {low}"
+    return f"outside the model's batch range {low}..{high if high is not None else 'any'}"
+
+
+def host_info() -> dict[str, Any]:
+    """CPU model, cores, OS, Python and runtime library versions."""
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def render(report: dict[str, Any], console: Any) -> None:
+    """Print the report as a rich table (plain text when not a terminal)."""
+    from rich.table import Table
+
+    info, host = report["runtime"], report["host"]
+    title = f"{Path(report['model']).name}: {info['backend']} / {info['provider']} ({info['precision']})"
+    table = Table(title=title)
+    for column in ("batch", "iters", "p50 ms", "p90 ms", "p99 ms", "ms/image", "images/s"):
+        table.add_column(column, justify="right")
+    for row in report["results"]:
+        if row["skipped"]:
+            table.add_row(str(row["batch_size"]), "-", "-", "-", "-", "-", "skipped")
+            continue
+        table.add_row(
+            str(row["batch_size"]),
+            str(row["iters"]),
+            f"{row['p50_ms']:.3f}",
+            f"{row['p90_ms']:.3f}",
+            f"{row['p99_ms']:.3f}",
+            f"{row['p50_ms'] / row['batch_size']:.3f}",
+            f"{row['throughput_ips']:.1f}",
+        )
+    console.print(table)
+    for row in report["results"]:
+        if row["skipped"]:
+            console.print(f"batch {row['batch_size']} skipped: {row['skipped']}", soft_wrap=True)
+    console.print(
+        f"host: {host['cpu']}, {host['cores']} cores, {host['os']}, "
+        f"onnxruntime {host['onnxruntime']}",
+        soft_wrap=True,
+    )
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> ``(1, 8, 32)``; positive integers only."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers: {text!r}")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__.strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="model.onnx or model.engine")
+    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--batch-sizes", type=parse_batch_sizes, default=(1, 8, 32))
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs per batch size")
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument("--iters", type=int, help="timed runs per batch size")
+    limit.add_argument("--seconds", type=float, default=2.0, help="timed seconds per batch size")
+    parser.add_argument("--json", type=Path, dest="json_path", help="also write the report here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.warmup < 0 or (args.iters is not None and args.iters < 1) or args.seconds <= 0:
+        print("error: --warmup must be >= 0, --iters >= 1 and --seconds > 0", file=sys.stderr)
+        return 2
+    config = BenchConfig(args.model, args.backend, args.device, args.batch_sizes,
+                         args.warmup, args.iters, args.seconds)
+    try:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("benchmarking", total=len(config.batch_sizes))
+            report = run_bench(config, progress=lambda n: bar.advance(task))
+    except NasdeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    render(report, Console())
+    if args.json_path:
+        atomic_write_text(args.json_path, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

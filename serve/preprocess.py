@@ -1,0 +1,167 @@
+"""Image loading, preprocessing and top-k, shared by every backend.
+
+Everything here is read from the model's :class:`~serve.metadata.ModelInfo`:
+resize of the short side to ``info.resize_to``, centre crop to ``info.image_size``,
+scaling to 0..1, ``(x - mean) / std`` and NCHW float32 layout.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serve.errors import ImageError, ImageTooLargeError
+from serve.metadata import ModelInfo
+
+MAX_PIXELS = 50_000_000
+"""Default refusal threshold for decoded images (about 7000 x 7000)."""
+
+ImageSource = str | os.PathLike | bytes | BinaryIO
+
+
+def load_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Open an image and return it as RGB.
+
+    Args:
+        source: A path, the encoded bytes, or a binary file object.
+        max_pixels: Refuse images with more pixels than this (``None``: no limit).
+
+    Returns:
+        A fully decoded RGB image (EXIF orientation applied, transparency
+        composited on white, first frame of animations).
+
+    Raises:
+        ImageError: The source is missing, empty or not a decodable image.
+        ImageTooLargeError: The image exceeds ``max_pixels``.
+    """
+    label = _label(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("empty upload: no image data received")
+        source = io.BytesIO(bytes(source))
+    try:
+        with Image.open(source) as image:
+            _check_size(image, label, max_pixels)
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"image file not found: {label}") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label} is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label} is not a recognised image (JPEG, PNG, WebP, ...)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{label} is too large to decode: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{label} is a broken or truncated image ({_short(exc)})") from None
+
+
+def preprocess(images: Sequence[Image.Image], info: ModelInfo) -> np.ndarray:
+    """Turn images into the model's input batch.
+
+    Args:
+        images: PIL images (any mode; converted to RGB).
+        info: Metadata of the model that will consume the batch.
+
+    Returns:
+        A contiguous ``(N, 3, S, S)`` float32 array, ``S = info.image_size``.
+    """
+    if not images:
+        raise ImageError("no images to preprocess")
+    if info.layout != "NCHW" or info.channel_order != "RGB":
+        raise ImageError(f"unsupported model input layout {info.layout}/{info.channel_order}")
+    mean = np.asarray(info.mean, dtype=np.float32).reshape(1, 1, 3)
+    std = np.asarray(info.std, dtype=np.float32).reshape(1, 1, 3)
+    arrays = []
+    for image in images:
+        crop = center_crop(resize_short_side(_to_rgb(image), info.resize_to), info.image_size)
+        pixels = np.asarray(crop, dtype=np.float32) / 255.0
+        arrays.append(((pixels - mean) / std).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    """Resize (bilinear) so the shorter side is ``size``, keeping the aspect ratio."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    if short == size:
+        return image
+    new_long = max(1, int(size * long / short))
+    new_size = (size, new_long) if width <= height else (new_long, size)
+    return image.resize(new_size, Image.Resampling.BILINEAR)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Crop the central ``size x size`` square (the image must be at least that big)."""
+    width, height = image.size
+    left = int(round((width - size) / 2.0))
+    top = int(round((height - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def top_k(
+    probs: np.ndarray, class_names: Sequence[str], k: int = 5
+) -> list[list[tuple[str, float]]]:
+    """Best ``k`` classes per row of ``probs`` as ``(name, probability)``, highest first.
+
+    Classes without a name (more outputs than names) are called ``class_<index>``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 1:
+        probs = probs[None, :]
+    k = max(1, min(int(k), probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        [(_class_name(class_names, int(i)), float(row[i])) for i in idx]
+        for row, idx in zip(probs, order, strict=True)
+    ]
+
+
+def _class_name(class_names: Sequence[str], index: int) -> str:
+    return class_names[index] if index < len(class_names) else f"class_{index}"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = max(float(array.max()), 1.0)
+        scale = 255.0 / (65535.0 if peak > 255 else 255.0)
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _check_size(image: Image.Image, label: str, max_pixels: int | None) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{label} has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{label} is {width}x{height} pixels, more than the limit of {max_pixels}"
+        )
+
+
+def _label(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    name = getattr(source, "name", None)
+    return str(name) if isinstance(name, str) else "upload"
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
