@@ -37,7 +37,7 @@ def count_macs(model: nn.Module, image_size: int) -> int:
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     x = torch.zeros(1, 3, image_size, image_size, device=device)
     counter = FlopCounterMode(display=False)
     try:
@@ -55,3 +55,9 @@ def model_cost(genotype: Genotype, scale: str | Scale, *, num_classes: int = 100
 
     model = build_model(genotype, scale, num_classes=num_classes, image_size=image_size)
     return Cost(count_params(model), count_macs(model, model.scale.image_size))
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for parameter-free modules)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")

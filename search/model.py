@@ -141,8 +141,8 @@ class NASNet(nn.Module):
             c_pp, c_p, reduction_prev = c_p, module.out_channels, reduction
 
         if scale.layout == "imagenet":
-            add(genotype.reduce, max(1, channels // 4), True)
-            add(genotype.reduce, max(1, channels // 2), True)
+            add(genotype.reduce, max(2, channels // 4), True)
+            add(genotype.reduce, max(2, channels // 2), True)
         width = channels
         for stage in range(3):
             if stage > 0:

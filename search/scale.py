@@ -80,7 +80,8 @@ def parse_scale(text: str | Scale, image_size: int | None = None) -> Scale:
 def cell_channels(filters: int, num_concat: int, num_reductions: int = 2) -> int:
     """Per-state width C of the first stage so the last cell outputs ``filters`` channels.
 
-    The width doubles at each of ``num_reductions`` reductions and a normal cell outputs
-    ``num_concat`` states, so ``F = num_concat * C * 2**num_reductions``.
+    The width doubles at each of ``num_reductions`` reductions and a normal cell
+    outputs ``num_concat`` states, so ``F = num_concat * C * 2**num_reductions``.
+    At least 2, since a factorized reduction needs two halves.
     """
-    return max(1, round(filters / (num_concat * 2**num_reductions)))
+    return max(2, round(filters / (num_concat * 2**num_reductions)))

@@ -1,0 +1,36 @@
+"""N@F parsing and the channel rule are pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.errors import NasdeployError
+from search.scale import VARIANTS, cell_channels, parse_scale
+
+
+def test_named_variants_follow_the_paper():
+    assert (VARIANTS["cifar"].notation, VARIANTS["cifar"].image_size) == ("6@768", 32)
+    assert (VARIANTS["mobile"].notation, VARIANTS["mobile"].image_size) == ("4@1056", 224)
+    assert (VARIANTS["large"].notation, VARIANTS["large"].image_size) == ("6@4032", 331)
+
+
+@pytest.mark.parametrize(
+    "text, size, expected",
+    [("4@64", None, (4, 64, 32, "cifar")), (" 2 @ 44 ", 16, (2, 44, 16, "cifar")),
+     ("4@1056", 224, (4, 1056, 224, "imagenet")), ("Mobile", 160, (4, 1056, 160, "imagenet"))],
+)
+def test_parse(text, size, expected):
+    scale = parse_scale(text, size)
+    assert (scale.num_cells, scale.filters, scale.image_size, scale.layout) == expected
+
+
+@pytest.mark.parametrize("text", ["huge", "4@", "@64", "4x64", "0@64", "4@0", "-1@5", ""])
+def test_bad_scales_are_one_line_errors(text):
+    with pytest.raises(NasdeployError) as info:
+        parse_scale(text)
+    assert "\n" not in str(info.value)
+
+
+def test_channel_rule():
+    assert cell_channels(768, 6) == 32 and cell_channels(1056, 6) == 44 and cell_channels(4032, 6) == 168
+    assert cell_channels(64, 4) == 4
