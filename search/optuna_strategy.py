@@ -41,7 +41,10 @@ class OptunaStrategy(Strategy):
 
     def _storage(self) -> str | None:
         run_dir = self.config.run_dir
-        return None if run_dir is None else f"sqlite:///{Path(run_dir) / STUDY_FILE}"
+        if run_dir is None:
+            return None
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{Path(run_dir) / STUDY_FILE}"
 
     def _open_study(self, seed: int) -> optuna.Study:
         study = optuna.create_study(
