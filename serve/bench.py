@@ -46,6 +46,13 @@ def run_bench(
 ) -> dict[str, Any]:
     """Load the model and time every batch size; return a JSON-ready report."""
     runtime = load_runtime(config.model, config.backend, config.device)
+    return bench_runtime(runtime, config, progress)
+
+
+def bench_runtime(
+    runtime: Runtime, config: BenchConfig, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Time every batch size of ``config`` on an already loaded ``runtime``."""
     rng = np.random.default_rng(config.seed)
     results = []
     for n in config.batch_sizes:
@@ -205,12 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(args.model, args.backend, args.device, args.batch_sizes,
                          args.warmup, args.iters, args.seconds)
     try:
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("benchmarking", total=len(config.batch_sizes))
-            report = run_bench(config, progress=lambda n: bar.advance(task))
+        runtime = load_runtime(config.model, config.backend, config.device)
     except NasdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    stderr = Console(stderr=True)
+    with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+        task = bar.add_task("benchmarking", total=len(config.batch_sizes))
+        report = bench_runtime(runtime, config, progress=lambda n: bar.advance(task))
     render(report, Console())
     if args.json_path:
         atomic_write_text(args.json_path, json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,294 @@
+"""A small HTTP endpoint for devices that classify for others (Starlette + uvicorn).
+
+    python -m serve.http MODEL [--host 127.0.0.1] [--port 8000] [--max-bytes 10M] [--top-k 5]
+
+``POST /predict``: the image as the raw body or as multipart field ``file``
+(``?top_k=N`` optional) -> top-k JSON with latency. ``GET /health``: model and
+backend. ``GET /`` or ``/info``: the model's metadata. Bad requests get a 4xx JSON
+``{"error": ...}``; nothing a client sends produces a 500.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from search.errors import NasdeployError
+from serve.errors import ImageError, ImageTooLargeError
+from serve.preprocess import MAX_PIXELS, load_image
+from serve.runtime import BACKENDS, DEVICES, Runtime, classify, load_runtime
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+MAX_TOP_K = 100
+log = logging.getLogger("serve.http")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Model, address and request limits of the server."""
+
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_bytes: int = DEFAULT_MAX_BYTES
+    top_k: int = 5
+    backend: str = "auto"
+    device: str = "auto"
+
+
+def create_app(
+    runtime: Runtime,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    top_k: int = 5,
+    max_pixels: int = MAX_PIXELS,
+) -> Starlette:
+    """The ASGI app serving ``runtime``; every error response is JSON."""
+    service = _Service(runtime, max_bytes, top_k, max_pixels)
+    routes = [
+        Route("/", service.info, methods=["GET"]),
+        Route("/info", service.info, methods=["GET"]),
+        Route("/health", service.health, methods=["GET"]),
+        Route("/predict", service.predict, methods=["POST"]),
+    ]
+    handlers = {HTTPException: _http_error, Exception: _internal_error}
+    return Starlette(routes=routes, exception_handlers=handlers)
+
+
+class _Service:
+    def __init__(self, runtime: Runtime, max_bytes: int, top_k: int, max_pixels: int):
+        self.runtime = runtime
+        self.max_bytes = max_bytes
+        self.top_k = top_k
+        self.max_pixels = max_pixels
+        self.description = runtime.describe()
+
+    async def health(self, request: Request) -> JSONResponse:
+        info = self.runtime.info
+        return JSONResponse({
+            "status": "ok",
+            "model": Path(self.description["model"]).name,
+            "backend": self.description["backend"],
+            "provider": self.description["provider"],
+            "precision": info.precision,
+            "image_size": info.image_size,
+            "num_classes": len(info.class_names),
+        })
+
+    async def info(self, request: Request) -> JSONResponse:
+        return JSONResponse({
+            "metadata": self.runtime.info.to_json_dict(),
+            "runtime": self.description,
+            "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels},
+            "top_k": self.top_k,
+            "endpoints": {
+                "POST /predict": "image as raw body or multipart field 'file'; ?top_k=N",
+                "GET /health": "model and backend",
+                "GET /info": "this document",
+            },
+        })
+
+    async def predict(self, request: Request) -> JSONResponse:
+        k = _parse_top_k(request.query_params.get("top_k"), self.top_k)
+        data = await self._image_bytes(request)
+        start = time.perf_counter()
+        image = await run_in_threadpool(self._decode, data)
+        pred = (await run_in_threadpool(classify, self.runtime, [image], k))[0]
+        return JSONResponse({
+            **pred.to_dict(),
+            "total_ms": (time.perf_counter() - start) * 1000.0,
+            "image": {"width": image.width, "height": image.height},
+            "model": Path(self.description["model"]).name,
+            "backend": self.description["backend"],
+            "provider": self.description["provider"],
+        })
+
+    def _decode(self, data: bytes) -> Any:
+        try:
+            return load_image(data, max_pixels=self.max_pixels)
+        except ImageTooLargeError as exc:
+            raise HTTPException(413, str(exc)) from None
+        except ImageError as exc:
+            raise HTTPException(415, str(exc)) from None
+        except Exception as exc:  # any other decoder failure is still the upload's fault
+            raise HTTPException(415, f"upload is not a decodable image ({type(exc).__name__})") from None
+
+    async def _image_bytes(self, request: Request) -> bytes:
+        body = await _read_limited(request, self.max_bytes)
+        content_type = request.headers.get("content-type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            body = await _multipart_file(request, body, self.max_bytes)
+        if not body:
+            raise HTTPException(
+                400, "empty request: POST the image bytes, or a multipart field named 'file'"
+            )
+        return body
+
+
+async def _read_limited(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, f"invalid Content-Length header {declared[:40]!r}")
+        if int(declared) > max_bytes:
+            raise HTTPException(413, _too_big(int(declared), max_bytes))
+    chunks, total = [], 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise HTTPException(413, _too_big(total, max_bytes, at_least=True))
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPException(400, "client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+async def _multipart_file(request: Request, body: bytes, max_bytes: int) -> bytes:
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
+    except HTTPException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
+    except Exception as exc:
+        raise HTTPException(400, f"malformed multipart body ({type(exc).__name__})") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, "multipart upload needs a file field named 'file'")
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+def _parse_top_k(raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    if not re.fullmatch(r"\d{1,4}", raw) or not 1 <= int(raw) <= MAX_TOP_K:
+        raise HTTPException(400, f"top_k must be an integer from 1 to {MAX_TOP_K}")
+    return int(raw)
+
+
+def _too_big(size: int, limit: int, at_least: bool = False) -> str:
+    more = "more than " if at_least else ""
+    return f"request body is {more}{size} bytes; the limit is {limit} bytes"
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail
+    if exc.status_code in (404, 405):
+        detail = (f"no route for {request.method} {request.url.path}; "
+                  "use POST /predict, GET /health or GET /info")
+    return JSONResponse({"error": detail, "status": exc.status_code}, exc.status_code,
+                        headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error on %s: %r", request.url.path, exc)
+    return JSONResponse({"error": f"internal error ({type(exc).__name__})", "status": 500}, 500)
+
+
+def parse_size(text: str) -> int:
+    """``"10M"``, ``"512k"`` or ``"1048576"`` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1048576, 512k, 10M)")
+    factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    return int(match.group(1)) * factor
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (``port=0``: any free port); NasdeployError if taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family = infos[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(infos[0][4])
+    except OSError as exc:
+        raise NasdeployError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: HttpConfig) -> None:
+    """Load the model, bind the socket and serve until interrupted."""
+    import uvicorn
+
+    runtime = load_runtime(config.model, config.backend, config.device)
+    runtime.warmup(1)
+    app = create_app(runtime, max_bytes=config.max_bytes, top_k=config.top_k)
+    sock = bind(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    desc = runtime.describe()
+    print(
+        f"serving {config.model} ({desc['backend']}, {desc['provider']}) on http://{host}:{port}"
+        " - POST /predict, GET /health, GET /info",
+        file=sys.stderr,
+        flush=True,
+    )
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="info", limit_concurrency=64, timeout_keep_alive=5, server_header=False
+    ))
+    server.run(sockets=[sock])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serve.http", description=__doc__.strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="model.onnx or model.engine")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--max-bytes", type=parse_size, default=DEFAULT_MAX_BYTES,
+                        help="largest accepted request body (default 10M)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 1 <= args.top_k <= MAX_TOP_K or not 0 <= args.port <= 65535 or args.max_bytes < 1:
+        print(f"error: need 1 <= --top-k <= {MAX_TOP_K}, 0 <= --port <= 65535, --max-bytes >= 1",
+              file=sys.stderr)
+        return 2
+    config = HttpConfig(args.model, args.host, args.port, args.max_bytes, args.top_k,
+                        args.backend, args.device)
+    try:
+        serve(config)
+    except NasdeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
