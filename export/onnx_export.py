@@ -1,0 +1,483 @@
+"""Export a genotype or a trained checkpoint to a verified, self-describing ONNX file.
+
+One call, :func:`export_model`, does the whole job: rebuild the network, export it with
+``search.onnxio.export_onnx``, simplify it with onnxslim (kept only if ONNX Runtime gives
+the same outputs), run the full ``onnx.checker`` and strict shape inference, write the
+:class:`serve.metadata.ModelInfo` into ``metadata_props``, compare ONNX Runtime with
+PyTorch at batch 1 and a larger batch, optionally derive fp16 / int8 models, and publish
+``model.onnx`` (+ ``model.fp16.onnx`` / ``model.int8.onnx``) and ``export_report.json``
+together. Everything is built in a staging folder first, so a failure leaves no files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.checkpoint import ModelSpec, load_checkpoint
+from search.cost import count_macs, count_params
+from search.errors import NasdeployError
+from search.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
+from search.onnxio import INPUT_NAME, MIN_OPSET, export_onnx, ort_session
+from search.scale import parse_scale
+from serve.metadata import ModelInfo
+
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
+FP32_TOLERANCE = 1e-4
+SIMPLIFY_TOLERANCE = 1e-5
+REPORT_NAME = "export_report.json"
+REPORT_FORMAT = "nasdeploy-export-report"
+ACCURACY_KEYS = ("test_accuracy", "accuracy", "val_accuracy")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``python -m export.onnx`` was asked to do."""
+
+    source: str
+    weights: str | None = None
+    variant: str | None = None
+    image_size: int | None = None
+    num_classes: int | None = None
+    opset: int = MIN_OPSET
+    out: str | None = None
+    batch: int | None = None  # None: dynamic batch dimension
+    fp16: bool = False
+    int8: bool = False
+    calib_data: str | None = None
+    data_dir: str | None = None
+    calib_size: int = 256
+    eval_size: int = 500
+    calib_method: str = "minmax"
+    verify_batch: int = 8
+    seed: int = 0
+
+
+@dataclass
+class LoadedModel:
+    """A network ready to export, with the facts that go into its metadata."""
+
+    model: nn.Module
+    spec: ModelSpec
+    name: str
+    trained: bool
+    checkpoint: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportResult:
+    """Where the artifacts went and the report that was written next to them."""
+
+    model_path: Path
+    report_path: Path
+    report: dict[str, Any]
+    extra_models: dict[str, Path] = field(default_factory=dict)
+
+
+# --- resolving the input ------------------------------------------------------------------
+
+
+def is_checkpoint_path(path: Path) -> bool:
+    """A file that looks like a ``torch.save`` checkpoint (by suffix or zip magic)."""
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return True
+    if path.suffix.lower() == ".json":
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+def resolve_source(source: str, weights: str | None) -> tuple[Path | None, Genotype | None, str]:
+    """Split the positional argument into (checkpoint, genotype to check, name).
+
+    A run directory stands for its ``checkpoint.pt`` (or else its ``genotype.json``).
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "checkpoint.pt").is_file():
+            path = path / "checkpoint.pt"
+        elif (path / "genotype.json").is_file():
+            path = path / "genotype.json"
+        else:
+            raise NasdeployError(f"{path} holds neither checkpoint.pt nor genotype.json")
+    if weights is not None:
+        ckpt = Path(weights).expanduser()
+        if not ckpt.exists():
+            raise NasdeployError(f"checkpoint not found: {ckpt}")
+        genotype = None if is_checkpoint_path(path) else load_genotype(str(path) if path.exists() else source)
+        return ckpt, genotype, _name_of(ckpt)
+    if is_checkpoint_path(path):
+        return path, None, _name_of(path)
+    if not path.exists() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise NasdeployError(f"checkpoint not found: {path}")
+    genotype = load_genotype(source if source in REFERENCE_GENOTYPES else str(path))
+    return None, genotype, source if source in REFERENCE_GENOTYPES else _name_of(path)
+
+
+def _name_of(path: Path) -> str:
+    """``runs/abc/checkpoint.pt`` -> ``abc``; ``best.json`` -> ``best``."""
+    return path.parent.name if path.stem in ("checkpoint", "genotype") and path.parent.name else path.stem
+
+
+def load_model(config: ExportConfig) -> LoadedModel:
+    """Rebuild the network of ``config.source`` (trained weights or random init)."""
+    checkpoint, genotype, name = resolve_source(config.source, config.weights)
+    if checkpoint is None:
+        assert genotype is not None
+        return _random_model(genotype, name, config)
+    model, spec, raw = load_checkpoint(checkpoint)
+    _check_matches(spec, genotype, config, checkpoint)
+    return LoadedModel(model.eval(), spec, name, True, checkpoint, dict(raw.get("metrics") or {}))
+
+
+def _random_model(genotype: Genotype, name: str, config: ExportConfig) -> LoadedModel:
+    scale = parse_scale(config.variant or "cifar", config.image_size)
+    num_classes = config.num_classes or 10
+    if num_classes < 1:
+        raise NasdeployError(f"--num-classes must be positive, got {num_classes}")
+    spec = ModelSpec(genotype, config.variant or "cifar", scale.image_size, num_classes,
+                     [str(i) for i in range(num_classes)])
+    model = spec.build().eval()
+    return LoadedModel(model, spec, name, trained=False)
+
+
+def _check_matches(spec: ModelSpec, genotype: Genotype | None, config: ExportConfig, ckpt: Path) -> None:
+    """Options given together with a checkpoint must agree with it."""
+    if genotype is not None and genotype.to_dict() != spec.genotype.to_dict():
+        raise NasdeployError(f"genotype {config.source!r} does not match the genotype stored in {ckpt}")
+    trained = parse_scale(spec.scale, spec.image_size)
+    if config.variant is not None:
+        asked = parse_scale(config.variant, config.image_size or spec.image_size)
+        if (asked.notation, asked.layout) != (trained.notation, trained.layout):
+            raise NasdeployError(f"--variant {config.variant} does not match the checkpoint ({spec.scale})")
+    if config.image_size is not None and config.image_size != spec.image_size:
+        raise NasdeployError(
+            f"--image-size {config.image_size} does not match the checkpoint ({spec.image_size} px)")
+    if config.num_classes is not None and config.num_classes != spec.num_classes:
+        raise NasdeployError(
+            f"--num-classes {config.num_classes} does not match the checkpoint ({spec.num_classes})")
+
+
+def output_path(config: ExportConfig, loaded: LoadedModel) -> Path:
+    """``--out`` (a folder or an ``.onnx`` file), else next to the checkpoint or runs/export-<name>/."""
+    if config.out:
+        out = Path(config.out).expanduser()
+        return out if out.suffix.lower() == ".onnx" else out / "model.onnx"
+    if loaded.checkpoint is not None:
+        return loaded.checkpoint.parent / "model.onnx"
+    return Path("runs") / f"export-{loaded.name}" / "model.onnx"
+
+
+def variant_path(path: Path, precision: str) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx``."""
+    return path.with_name(f"{path.stem}.{precision}{path.suffix}")
+
+
+# --- metadata -----------------------------------------------------------------------------
+
+
+def model_info(loaded: LoadedModel, precision: str = "fp32") -> ModelInfo:
+    """The :class:`ModelInfo` written into the ONNX file."""
+    spec = loaded.spec
+    accuracy = next((float(loaded.metrics[k]) for k in ACCURACY_KEYS if k in loaded.metrics), None)
+    return ModelInfo(
+        image_size=spec.image_size, mean=list(spec.mean), std=list(spec.std),
+        class_names=list(spec.class_names), precision=precision, scale=spec.scale,
+        genotype=spec.genotype.to_dict(), params=count_params(loaded.model),
+        macs=count_macs(loaded.model, spec.image_size), accuracy=accuracy, dataset=spec.dataset,
+        extra={"nasdeploy.weights": "trained" if loaded.trained else "random-init"},
+    )
+
+
+def write_metadata(path: Path, info: ModelInfo, doc: str = "") -> None:
+    """Replace the ``nasdeploy.*`` metadata of the ONNX file at ``path`` (in place)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("nasdeploy.")]
+    del model.metadata_props[:]
+    for key, value in keep + sorted(info.to_props().items()):
+        model.metadata_props.add(key=key, value=value)
+    if doc:
+        model.doc_string = doc
+    onnx.save(model, str(path))
+
+
+# --- checks -------------------------------------------------------------------------------
+
+
+def check_onnx(path: Path, num_classes: int) -> dict[str, Any]:
+    """Full ``onnx.checker`` pass and strict shape inference (saved into the file)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise NasdeployError(f"exported graph fails the ONNX checks: {first}") from None
+    out_dims = [d.dim_value or d.dim_param for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    if len(out_dims) != 2 or out_dims[1] != num_classes:
+        raise NasdeployError(f"exported graph has output shape {out_dims}, expected [batch, {num_classes}]")
+    onnx.save(inferred, str(path))
+    return {"checker": "full_check", "shape_inference": "strict", "output_shape": out_dims,
+            "nodes": len(inferred.graph.node), "opset": _opset_of(inferred)}
+
+
+def _opset_of(model: Any) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def run_session(session: Any, x: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """Run ``x`` through ``session``, in chunks of a fixed ``batch`` (padding the last)."""
+    if batch is None:
+        return session.run(None, {INPUT_NAME: x})[0].astype(np.float32)
+    outs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+        outs.append(session.run(None, {INPUT_NAME: padded})[0][: len(chunk)])
+    return np.concatenate(outs).astype(np.float32)
+
+
+def open_session(path: Path) -> Any:
+    """ONNX Runtime CPU session; a model ORT rejects becomes a one-line error."""
+    try:
+        return ort_session(path)
+    except NasdeployError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        first = str(exc).strip().splitlines()[0][:200]
+        raise NasdeployError(f"ONNX Runtime cannot load {path.name}: {first}") from None
+
+
+def compare_outputs(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Max abs error and top-1 agreement of two logit arrays."""
+    return {"max_abs_error": float(np.abs(reference - got).max()),
+            "top1_agreement": float((reference.argmax(1) == got.argmax(1)).mean())}
+
+
+def verification_batches(config: ExportConfig) -> list[int]:
+    """Batch sizes to verify: 1 and a larger one (dynamic), or the fixed batch."""
+    if config.batch is not None:
+        return [config.batch]
+    return sorted({1, max(2, config.verify_batch)})
+
+
+def verify_against_torch(model: nn.Module, path: Path, image_size: int, batches: list[int],
+                         seed: int, tolerance: float = FP32_TOLERANCE) -> list[dict[str, Any]]:
+    """Compare ONNX Runtime with PyTorch on seeded random inputs; raise beyond ``tolerance``."""
+    session = open_session(path)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for batch in batches:
+        x = rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        row = {"batch": batch, **compare_outputs(expected, run_session(session, x)),
+               "max_abs_logit": float(np.abs(expected).max())}
+        rows.append(row)
+        if row["max_abs_error"] > tolerance:
+            raise NasdeployError(
+                f"ONNX Runtime differs from PyTorch by {row['max_abs_error']:.3g} (> {tolerance:g}) "
+                f"at batch {batch}; nothing was written")
+    return rows
+
+
+def simplify_verified(raw: Path, out: Path, x: np.ndarray) -> dict[str, Any]:
+    """onnxslim ``raw`` into ``out``; keep the slim graph only if its outputs match."""
+    import onnx
+    import onnxslim
+
+    before = len(onnx.load(str(raw)).graph.node)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx.save(onnxslim.slim(str(raw)), str(out))
+        diff = float(np.abs(run_session(open_session(raw), x) - run_session(open_session(out), x)).max())
+    except Exception as exc:  # a simplifier failure must not block the export
+        shutil.copyfile(raw, out)
+        return {"tool": "onnxslim", "applied": False, "reason": f"{type(exc).__name__}: {exc}"[:200]}
+    after = len(onnx.load(str(out)).graph.node)
+    applied = diff <= SIMPLIFY_TOLERANCE
+    if not applied:
+        shutil.copyfile(raw, out)
+    return {"tool": "onnxslim", "version": onnxslim.__version__, "applied": applied,
+            "nodes_before": before, "nodes_after": after if applied else before,
+            "max_abs_change": diff}
+
+
+# --- staging and publishing ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def staging_dir(target_dir: Path) -> Iterator[Path]:
+    """A temp folder inside ``target_dir``; removed (with any folders we created) on failure."""
+    missing = [p for p in [target_dir, *target_dir.parents] if not p.exists()]
+    target_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target_dir))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(files: dict[Path, Path]) -> None:
+    """Move staged files (``staged -> final``) into place, each with an atomic rename."""
+    for staged, final in files.items():
+        os.replace(staged, final)
+
+
+# --- the pipeline -------------------------------------------------------------------------
+
+
+def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
+    """Export, check, verify and (optionally) quantize; see the module docstring."""
+    _validate(config)
+    loaded = load_model(config)
+    if not loaded.trained:
+        warn(f"no trained weights: exporting {loaded.name} with RANDOMLY INITIALISED weights "
+             "(fine for format and latency checks, useless for predictions)")
+    final = output_path(config, loaded)
+    spec = loaded.spec
+    info = model_info(loaded)
+    with staging_dir(final.parent) as stage:
+        staged = stage / final.name
+        log(f"exporting {loaded.name} ({spec.scale}, {spec.image_size} px, opset {config.opset}) ...")
+        started = time.perf_counter()
+        export_onnx(loaded.model, stage / "raw.onnx", spec.image_size, opset=config.opset,
+                    dynamic_batch=config.batch is None, batch_size=config.batch or 1, simplify=False)
+        probe = np.random.default_rng(config.seed + 1).standard_normal(
+            (config.batch or 2, 3, spec.image_size, spec.image_size)).astype(np.float32)
+        simplify = simplify_verified(stage / "raw.onnx", staged, probe)
+        checks = check_onnx(staged, spec.num_classes)
+        write_metadata(staged, info, doc=f"nasdeploy NASNet {loaded.name} {spec.scale}")
+        log("verifying ONNX Runtime against PyTorch ...")
+        verification = verify_against_torch(loaded.model, staged, spec.image_size,
+                                            verification_batches(config), config.seed)
+        report = _report(config, loaded, final, info, checks, simplify, verification,
+                         time.perf_counter() - started)
+        files = {staged: final}
+        extra = _derive_precisions(config, loaded, staged, final, info, report, files, log)
+        report_path = final.parent / REPORT_NAME
+        (stage / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        files[stage / REPORT_NAME] = report_path
+        publish(files)
+    _remove_stale(final, extra, log)
+    return ExportResult(final, report_path, report, extra)
+
+
+def _validate(config: ExportConfig) -> None:
+    if config.opset < MIN_OPSET:
+        raise NasdeployError(f"--opset {config.opset} is too old: nasdeploy exports opset >= {MIN_OPSET}")
+    if config.batch is not None and config.batch < 1:
+        raise NasdeployError(f"--batch must be a positive integer or 'dynamic', got {config.batch}")
+    if config.calib_size < 1 or config.eval_size < 1:
+        raise NasdeployError("--calib-size and --eval-size must be positive")
+
+
+def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, final: Path,
+                       info: ModelInfo, report: dict[str, Any], files: dict[Path, Path],
+                       log: Any) -> dict[str, Path]:
+    """fp16 / int8 siblings of the staged fp32 model; fills ``report`` and ``files``."""
+    if not (config.fp16 or config.int8):
+        return {}
+    from export import quantize
+
+    data = quantize.evaluation_data(config, info, loaded.spec.dataset, log)
+    extra: dict[str, Path] = {}
+    for precision, wanted in (("fp16", config.fp16), ("int8", config.int8)):
+        if not wanted:
+            continue
+        target = variant_path(staged, precision)
+        log(f"deriving the {precision} model ...")
+        if precision == "fp16":
+            section = quantize.make_fp16(staged, target, replace(info, precision="fp16"), data,
+                                         fixed_batch=config.batch)
+        else:
+            section = quantize.make_int8(staged, target, replace(info, precision="int8"), data,
+                                         method=config.calib_method, fixed_batch=config.batch)
+        section["model"] = variant_path(final, precision).name
+        report[precision] = section
+        files[target] = variant_path(final, precision)
+        extra[precision] = variant_path(final, precision)
+    return extra
+
+
+def _remove_stale(final: Path, written: dict[str, Path], log: Any) -> None:
+    """Drop ``model.fp16/int8.onnx`` left by an earlier export: they no longer match."""
+    for precision in ("fp16", "int8"):
+        old = variant_path(final, precision)
+        if precision not in written and old.exists():
+            old.unlink()
+            log(f"removed stale {old.name} (derived from an earlier export)")
+
+
+def _report(config: ExportConfig, loaded: LoadedModel, final: Path, info: ModelInfo,
+            checks: dict[str, Any], simplify: dict[str, Any], verification: list[dict[str, Any]],
+            seconds: float) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "format": REPORT_FORMAT, "version": 1,
+        "model": final.name,
+        "source": {"name": loaded.name, "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
+                   "weights": "trained" if loaded.trained else "random-init"},
+        "opset": config.opset, "batch": config.batch if config.batch is not None else "dynamic",
+        "checks": checks, "simplifier": simplify,
+        "verification": {"reference": "PyTorch eager (CPU, eval mode)", "runtime": "onnxruntime CPU",
+                         "inputs": f"standard normal, seed {config.seed}",
+                         "tolerance_max_abs": FP32_TOLERANCE, "batches": verification},
+        "model_info": info.to_json_dict(),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]},
+        "export_seconds": round(seconds, 3),
+    }
+
+
+def warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def summary_lines(result: ExportResult) -> list[str]:
+    """Human-readable lines for the CLI: files, verification and quantization figures."""
+    report = result.report
+    lines = [f"wrote {result.model_path} and {result.report_path.name}"]
+    for row in report["verification"]["batches"]:
+        lines.append(f"  fp32 vs PyTorch  batch {row['batch']:>3}: max abs error {row['max_abs_error']:.2e}, "
+                     f"top-1 agreement {row['top1_agreement']:.3f}")
+    for precision in ("fp16", "int8"):
+        if precision in report:
+            section = report[precision]
+            acc = section.get("accuracy")
+            acc_text = (f", accuracy {acc:.3f} (fp32 {section['accuracy_fp32']:.3f})"
+                        if acc is not None else "")
+            lines.append(f"  {precision} vs fp32 ({section['samples']} {section['inputs']}): top-1 agreement "
+                         f"{section['top1_agreement']:.3f}, max abs error {section['max_abs_error']:.2e}"
+                         f"{acc_text} -> {section['model']}")
+    return lines
