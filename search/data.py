@@ -95,6 +95,11 @@ class ImageTensorDataset(Dataset):
         return ImageTensorDataset(self.images, self.labels, _tuple3(self.mean),
                                   _tuple3(self.std), None)
 
+    def resized(self, size: int) -> ImageTensorDataset:
+        """A copy with the images resized to ``size`` x ``size`` (same labels and settings)."""
+        return ImageTensorDataset(resize_images(self.images, size), self.labels,
+                                  _tuple3(self.mean), _tuple3(self.std), self.augment)
+
     def subset(self, indices: torch.Tensor, augment: str | None = None) -> ImageTensorDataset:
         """A new dataset of the rows ``indices`` with its own augmentation setting."""
         return ImageTensorDataset(self.images[indices], self.labels[indices],
@@ -240,7 +245,7 @@ def _tuple3(values: torch.Tensor) -> tuple[float, float, float]:
     return flat[0], flat[1], flat[2]
 
 
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize uint8 NCHW images to ``size`` x ``size`` (antialiased when shrinking)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -255,8 +260,8 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _resize_raw(raw: _Raw, size: int) -> _Raw:
-    x_test = _resize(raw.x_test, size) if raw.x_test is not None else None
-    return _Raw(_resize(raw.x_train, size), raw.y_train, x_test, raw.y_test, raw.class_names)
+    x_test = resize_images(raw.x_test, size) if raw.x_test is not None else None
+    return _Raw(resize_images(raw.x_train, size), raw.y_train, x_test, raw.y_test, raw.class_names)
 
 
 # --- digits -----------------------------------------------------------------------------

@@ -181,6 +181,38 @@ def _forward_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, device: torch.device | str = "cpu",
+                          batch_size: int = 256, max_samples: int = 2048) -> None:
+    """Re-estimate BatchNorm running statistics as plain averages over training images.
+
+    After a very short training run the running averages (momentum 0.1) still lag far
+    behind the weights; recomputing them turns a near-random proxy score into a useful
+    one (e.g. 0.52 -> 0.83 validation accuracy on digits after one epoch).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(dataset) == 0:  # type: ignore[arg-type]
+        return
+    was_training = model.training
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    source = dataset.plain() if isinstance(dataset, ImageTensorDataset) else dataset
+    seen = 0
+    try:
+        for images, _ in iterate_batches(source, batch_size):
+            model(images.to(device))
+            seen += images.shape[0]
+            if seen >= max_samples:
+                break
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+@torch.no_grad()
 def evaluate_accuracy(model: nn.Module, dataset_or_loader: Dataset | DataLoader,
                       device: torch.device | str = "cpu", batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` in eval mode (no augmentation for in-memory datasets).
