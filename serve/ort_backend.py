@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,19 @@ def select_providers(device: str, available: list[str]) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
+def provider_options(provider: str) -> dict[str, str]:
+    """Options for ``provider``: the TensorRT EP caches its engines between sessions.
+
+    The cache lives in ``$NASDEPLOY_TRT_CACHE`` (default ``~/.cache/nasdeploy/ort-trt``),
+    so only the first session on a machine pays for building the engine.
+    """
+    if provider != "TensorrtExecutionProvider":
+        return {}
+    default = Path.home() / ".cache" / "nasdeploy" / "ort-trt"
+    cache = Path(os.environ.get("NASDEPLOY_TRT_CACHE", default))
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+
+
 def load(path: Path, device: str = "auto") -> OrtRuntime:
     """Open ``path`` in an ONNX Runtime session on the best provider for ``device``."""
     try:
@@ -56,8 +70,17 @@ def load(path: Path, device: str = "auto") -> OrtRuntime:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if "TensorrtExecutionProvider" in providers:
+        Path(provider_options("TensorrtExecutionProvider")["trt_engine_cache_path"]).mkdir(
+            parents=True, exist_ok=True
+        )
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=options,
+            providers=providers,
+            provider_options=[provider_options(p) for p in providers],
+        )
     except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ServeError(f"{path} is not a loadable ONNX model: {first[:200]}") from None

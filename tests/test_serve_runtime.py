@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from serve_fixtures import (
     CLASS_NAMES,
+    attach_metadata,
     build_tiny_model,
     export_fp16,
     export_tiny,
@@ -77,6 +79,23 @@ def test_cuda_device_without_gpu_provider_is_one_line_error(tiny):
     assert "\n" not in str(info.value)
 
 
+def test_provider_selection_follows_priority_and_availability():
+    from serve.ort_backend import select_providers
+
+    everything = ["AzureExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider",
+                  "TensorrtExecutionProvider"]
+    assert select_providers("auto", everything) == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cuda_only = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers("auto", cuda_only) == cuda_only
+    assert select_providers("cuda", cuda_only) == cuda_only
+    assert select_providers("cpu", everything) == ["CPUExecutionProvider"]
+    assert select_providers("auto", ["AzureExecutionProvider", "CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"]
+    with pytest.raises(ServeError, match="no GPU provider"):
+        select_providers("cuda", ["CPUExecutionProvider"])
+
+
 def test_classify_top_k_names_and_latency(tiny):
     runtime = load_runtime(tiny.path)
     images = sample_images(2)
@@ -141,17 +160,21 @@ def test_missing_unknown_and_broken_models(tmp_path, tiny):
 
 
 def test_model_without_metadata_says_how_to_fix(tmp_path, tiny):
-    from search.onnxio import export_onnx
+    import onnx
 
-    bare = export_onnx(tiny.model, tmp_path / "bare.onnx", 16)
+    proto = onnx.load(str(tiny.path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
     with pytest.raises(ServeError, match="no nasdeploy metadata.*export.onnx"):
-        load_runtime(bare)
+        load_runtime(tmp_path / "bare.onnx")
 
 
 def test_metadata_image_size_must_match_graph(tmp_path, tiny):
-    wrong = export_tiny(tiny.model, tmp_path / "wrong.onnx", make_info(image_size=32))
+    wrong = tmp_path / "wrong.onnx"
+    shutil.copy(tiny.path, wrong)
+    attach_metadata(wrong, make_info(image_size=32))
     with pytest.raises(ServeError, match="disagrees with metadata image_size 32"):
-        load_runtime(wrong.path)
+        load_runtime(wrong)
 
 
 def test_registry_contract_and_custom_backend(tiny, batch):
