@@ -1,0 +1,34 @@
+"""nasdeploy demo: ``streamlit run app/demo.py`` (models under ``runs/`` or ``$NASDEPLOY_RUNS``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # `streamlit run` puts app/ on the path, not the repository root
+    sys.path.insert(0, ROOT)
+
+from app.explorer_view import explorer_tab  # noqa: E402
+from app.views import classify_tab, load_choice, model_card_tab, model_line, sidebar  # noqa: E402
+
+
+def main() -> None:
+    """Lay out the page: sidebar model picker and three tabs."""
+    st.set_page_config(page_title="nasdeploy demo", page_icon=":material/hub:", layout="wide")
+    st.title(":material/hub: nasdeploy demo")
+    choice = sidebar()
+    runtime = load_choice(choice)
+    st.caption(model_line(runtime))
+    classify, card, explore = st.tabs(["Classify", "Model card", "Search explorer"])
+    with classify:
+        classify_tab(runtime)
+    with card:
+        model_card_tab(runtime, choice)
+    with explore:
+        explorer_tab(choice.root, choice.path)
+
+
+main()

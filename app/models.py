@@ -1,0 +1,126 @@
+"""Finding model files and run directories, and loading them once per process.
+
+Model files are the ``*.onnx`` / ``*.engine`` files under the runs folder (``runs/``, or
+``$NASDEPLOY_RUNS``). Runtimes are cached with ``st.cache_resource`` keyed on the file's
+path, modification time and backend, so re-exporting a model reloads it.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from serve.runtime import BACKENDS, Runtime, available_backends, load_runtime
+
+RUNS_ENV = "NASDEPLOY_RUNS"
+DEFAULT_RUNS = "runs"
+MODEL_SUFFIXES = (".onnx", ".engine")
+MAX_DEPTH = 4
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def runs_root() -> str:
+    """The default runs folder: ``$NASDEPLOY_RUNS`` or ``runs`` (relative to the cwd)."""
+    return os.environ.get(RUNS_ENV) or DEFAULT_RUNS
+
+
+def _walk(root: Path, depth: int = 0):
+    """Files under ``root`` (hidden folders skipped, at most ``MAX_DEPTH`` levels)."""
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and depth < MAX_DEPTH:
+            yield from _walk(entry, depth + 1)
+        elif entry.is_file():
+            yield entry
+
+
+def discover_models(root: str | Path) -> list[Path]:
+    """Model files under ``root``, newest first (an empty list for a missing folder)."""
+    found = [p for p in _walk(Path(root)) if p.suffix.lower() in MODEL_SUFFIXES]
+    return sorted(found, key=lambda p: (-p.stat().st_mtime, str(p)))
+
+
+def discover_runs(root: str | Path) -> list[Path]:
+    """Search run directories (those holding ``trials.jsonl``) under ``root``, by name."""
+    return sorted({p.parent for p in _walk(Path(root)) if p.name == "trials.jsonl"})
+
+
+def backends_for(path: str | Path) -> list[str]:
+    """Backends available on this machine that read ``path``'s file type."""
+    suffix = Path(path).suffix.lower()
+    return [name for name in available_backends() if suffix in BACKENDS[name].suffixes]
+
+
+def sample_images() -> dict[str, Path]:
+    """The bundled sample images, by file name."""
+    if not SAMPLES_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(SAMPLES_DIR.iterdir()) if p.suffix.lower() in SAMPLE_SUFFIXES}
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+def _cached_runtime(path: str, backend: str, mtime_ns: int) -> Runtime:
+    runtime = load_runtime(path, backend=backend)
+    runtime.warmup()
+    return runtime
+
+
+def _file_key(path: str | Path) -> tuple[str, int]:
+    """Absolute path and modification time (0 for a missing file): a cache key."""
+    resolved = Path(path).expanduser().resolve()
+    return str(resolved), resolved.stat().st_mtime_ns if resolved.is_file() else 0
+
+
+def get_runtime(path: str | Path, backend: str = "auto") -> Runtime:
+    """Load (once per file version and backend) and warm up a runtime.
+
+    Raises:
+        ServeError: Missing or unreadable model, or a backend that cannot run here.
+    """
+    resolved, mtime = _file_key(path)
+    return _cached_runtime(resolved, backend, mtime)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Batch-1 latency of a model on this machine."""
+
+    p50_ms: float
+    p90_ms: float
+    runs: int
+
+
+def measure_latency(runtime: Runtime, runs: int = 30) -> LatencyStats:
+    """Time ``runs`` batch-1 inferences of a zero image (after the warm-up)."""
+    size = runtime.info.image_size
+    batch = np.zeros((1, 3, size, size), dtype=np.float32)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runtime.predict(batch)
+        times.append((time.perf_counter() - start) * 1000.0)
+    cuts = statistics.quantiles(times, n=10)
+    return LatencyStats(statistics.median(times), cuts[-1], runs)
+
+
+@st.cache_data(show_spinner="Timing the model…", max_entries=16)
+def _cached_latency(path: str, backend: str, mtime_ns: int, _runtime: Runtime) -> LatencyStats:
+    return measure_latency(_runtime)
+
+
+def model_latency(runtime: Runtime, backend: str) -> LatencyStats:
+    """:func:`measure_latency`, once per model file version and backend."""
+    path, mtime = _file_key(runtime.path)
+    return _cached_latency(path, backend, mtime, runtime)

@@ -1,0 +1,205 @@
+"""Page sections of the demo: sidebar model picker, Classify and Model card tabs.
+
+Each section turns known errors (:class:`~search.errors.NasdeployError`, which covers
+``ServeError`` and ``ImageError``) into a one-line ``st.error`` / ``st.warning``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image
+
+from app import models
+from app.charts import genotype_key, genotype_png, topk_chart
+from search.errors import NasdeployError
+from serve.errors import ImageError
+from serve.metadata import ModelInfo
+from serve.preprocess import load_image
+from serve.runtime import Prediction, Runtime, available_backends, classify
+
+TOP_K = 5
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
+NO_MODEL = (
+    "No model selected. Export one with `python -m export.onnx RUN_DIR` (it writes "
+    "`RUN_DIR/model.onnx`), point **Runs folder** at its parent, or type a model path in the sidebar."
+)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What the sidebar selected: the runs folder, a model file (or none) and a backend."""
+
+    root: str
+    path: Path | None
+    backend: str | None
+
+
+@contextmanager
+def friendly_errors(where: str) -> Iterator[None]:
+    """Show known errors as one line in the page instead of a traceback."""
+    try:
+        yield
+    except NasdeployError as exc:
+        st.error(str(exc), icon=":material/warning:")
+    except Exception as exc:  # last resort: the page must keep working
+        st.error(f"{where} failed: {type(exc).__name__}: {exc}", icon=":material/warning:")
+
+
+def relative_label(path: Path, root: str) -> str:
+    try:
+        return str(path.relative_to(Path(root)))
+    except ValueError:
+        return str(path)
+
+
+def sidebar() -> ModelChoice:
+    """Runs folder, model file, optional path override and backend."""
+    bar = st.sidebar
+    bar.header("Model")
+    root = bar.text_input(
+        "Runs folder",
+        value=models.runs_root(),
+        help=f"Searched for *.onnx / *.engine; default ${models.RUNS_ENV} or runs/",
+    )
+    found = models.discover_models(root)
+    picked = None
+    if found:
+        picked = bar.selectbox("Model file", found, format_func=lambda p: relative_label(p, root))
+    else:
+        bar.caption(f"No `.onnx` / `.engine` files under `{root}`.")
+    typed = bar.text_input("…or a model path", placeholder="runs/exp1/model.onnx").strip()
+    path = Path(typed).expanduser() if typed else picked
+    backends = models.backends_for(path) if path else available_backends()
+    backend = bar.selectbox("Backend", backends) if backends else None
+    bar.caption("Available here: " + (", ".join(available_backends()) or "none"))
+    if path and not backends:
+        bar.warning(f"No backend on this machine runs `{path.suffix}` files.")
+    return ModelChoice(root, path, backend)
+
+
+def load_choice(choice: ModelChoice) -> Runtime | None:
+    """The cached runtime for the sidebar's choice, or ``None`` with a message shown."""
+    if choice.path is None or choice.backend is None:
+        return None
+    with friendly_errors("loading the model"):
+        return models.get_runtime(choice.path, choice.backend)
+    return None
+
+
+def model_line(runtime: Runtime | None) -> str:
+    """One line under the title: what runs, where."""
+    if runtime is None:
+        return "A NASNet-style cell searched under a latency budget. Pick a model in the sidebar."
+    info = runtime.info
+    provider = runtime.describe().get("provider", runtime.backend)
+    return (
+        f"Searched NASNet-style cell **{info.scale or '?'}** at {info.image_size} px · "
+        f"`{runtime.path.parent.name}/{runtime.path.name}` on **{runtime.backend}** ({provider})"
+    )
+
+
+def _inputs() -> list[tuple[str, bytes]]:
+    """Uploaded files and picked samples as ``(name, bytes)``."""
+    uploads = st.file_uploader(
+        "Upload images (JPEG, PNG or WebP; any size, colour or grayscale)",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+    )
+    samples = models.sample_images()
+    picked = st.pills("…or try bundled samples", list(samples), selection_mode="multi") or []
+    items = [(f.name, f.getvalue()) for f in uploads or []]
+    return items + [(name, samples[name].read_bytes()) for name in picked]
+
+
+def classify_tab(runtime: Runtime | None) -> None:
+    """Upload or pick images and show the top-5 classes and latency of each."""
+    items = _inputs()
+    if runtime is None:
+        st.info(NO_MODEL, icon=":material/info:")
+        return
+    if not items:
+        st.caption("Predictions appear here, one card per image.")
+        return
+    provider = runtime.describe().get("provider", runtime.backend)
+    for name, data in items:
+        with st.container(border=True), friendly_errors(f"classifying {name}"):
+            try:
+                image = load_image(data)
+            except ImageError as exc:
+                st.error(f"**{name}**: {exc}", icon=":material/broken_image:")
+                continue
+            _prediction_card(name, image, classify(runtime, [image], k=TOP_K)[0], provider)
+
+
+def _prediction_card(name: str, image: Image.Image, pred: Prediction, provider: str) -> None:
+    left, right = st.columns([1, 2], vertical_alignment="center")
+    left.image(image, caption=f"{name} · {image.width}×{image.height}", width=220)
+    best, prob = pred.top[0]
+    right.markdown(f"#### {best} — {prob:.1%}")
+    right.altair_chart(topk_chart(pred.top), width="stretch")
+    right.caption(f":material/timer: inference {pred.latency_ms:.2f} ms (batch 1) on {provider}")
+
+
+def _human(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= threshold:
+            return f"{value / threshold:.3g} {suffix}{unit}"
+    return f"{value:g} {unit}".strip()
+
+
+def model_card_tab(runtime: Runtime | None, choice: ModelChoice) -> None:
+    """Scale, size, cost, measured latency, accuracy and the drawn cells of the model."""
+    if runtime is None:
+        st.info(NO_MODEL, icon=":material/info:")
+        return
+    info = runtime.info
+    latency = models.model_latency(runtime, choice.backend or "auto")
+    cols = st.columns(6)
+    cols[0].metric("Scale (N@F)", info.scale or "—")
+    cols[1].metric("Input", f"{info.image_size}×{info.image_size} px")
+    cols[2].metric("Parameters", _human(info.params))
+    cols[3].metric("MACs", _human(info.macs))
+    cols[4].metric(
+        "Latency here", f"{latency.p50_ms:.2f} ms",
+        help=f"median of {latency.runs} batch-1 runs on this machine (p90 {latency.p90_ms:.2f} ms)",
+    )
+    cols[5].metric("Accuracy", "—" if info.accuracy is None else f"{info.accuracy:.1%}",
+                   help="from the model's training/export metadata")
+    st.caption(_facts(info, runtime))
+    show_cells(info.genotype)
+    with st.expander("Runtime details"):
+        st.json(runtime.describe())
+
+
+def _facts(info: ModelInfo, runtime: Runtime) -> str:
+    parts = [
+        f"dataset **{info.dataset or 'unknown'}**",
+        f"{len(info.class_names)} classes",
+        f"precision **{info.precision}**",
+        f"backend **{runtime.backend}** ({runtime.describe().get('provider', '')})",
+        f"file `{runtime.path}`",
+    ]
+    return " · ".join(parts)
+
+
+def show_cells(genotype: dict | None, title: str | None = "Cells") -> None:
+    """Draw a genotype's cells (and show its JSON), or say why not."""
+    if title:
+        st.subheader(title)
+    if not genotype:
+        st.info("This model carries no genotype in its metadata.", icon=":material/info:")
+        return
+    with friendly_errors("drawing the cells"):
+        try:
+            st.image(genotype_png(genotype_key(genotype)), width="stretch")
+        except ImportError:
+            st.warning("Drawing cells needs `search.draw`, which is missing.", icon=":material/warning:")
+    with st.expander("Genotype JSON"):
+        st.json(genotype)
