@@ -62,8 +62,16 @@ def bench_runtime(
             results.append({"batch_size": n, "skipped": skip_reason(runtime)})
         if progress:
             progress(n)
+    info = runtime.info
     return {
-        "model": str(config.model),
+        "model": str(runtime.path),
+        "model_info": {
+            "scale": info.scale,
+            "image_size": info.image_size,
+            "precision": info.precision,
+            "params": info.params,
+            "macs": info.macs,
+        },
         "runtime": runtime.describe(),
         "host": host_info(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
