@@ -200,12 +200,22 @@ def _split(raw: _Raw, name: str, size: int, val_fraction: float, train_size: int
 
 def stratified_split(labels: torch.Tensor, fraction: float, generator: torch.Generator
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split indices into (kept, held-out) with ``fraction`` of every class held out."""
+    """Split indices into (kept, held-out), holding out ``fraction`` of every class.
+
+    Per-class counts are rounded by largest remainder so the total held out is
+    ``round(fraction * len(labels))``.
+    """
+    classes = torch.unique(labels).tolist()
+    members = [torch.nonzero(labels == cls).flatten() for cls in classes]
+    ideal = [fraction * len(idx) for idx in members]
+    counts = [int(v) for v in ideal]
+    remainder = int(round(fraction * len(labels))) - sum(counts)
+    by_fraction = sorted(range(len(classes)), key=lambda i: counts[i] - ideal[i])
+    for i in by_fraction[:max(remainder, 0)]:
+        counts[i] += 1
     kept, held = [], []
-    for cls in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == cls).flatten()
+    for idx, n_held in zip(members, counts, strict=True):
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        n_held = int(round(fraction * len(idx)))
         held.append(idx[:n_held])
         kept.append(idx[n_held:])
     return torch.sort(torch.cat(kept)).values, torch.sort(torch.cat(held)).values
