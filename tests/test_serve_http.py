@@ -228,3 +228,22 @@ def test_cli_bad_model_is_one_line_exit_2(tmp_path, capsys):
     assert main([str(tmp_path / "missing.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model file not found") and err.count("\n") == 1
+
+
+def test_size_parsing_and_busy_port(capsys):
+    import argparse
+
+    from search.errors import NasdeployError
+    from serve.http import parse_size
+
+    assert parse_size("1048576") == 1048576
+    assert parse_size("512k") == 512 * 1024 and parse_size("10M") == 10 * 1024**2
+    assert parse_size("2MiB") == 2 * 1024**2
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size("ten megs")
+    taken = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(NasdeployError, match="cannot listen on 127.0.0.1"):
+            bind("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
