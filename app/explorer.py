@@ -9,6 +9,7 @@ come from :mod:`search.report`, so the app and ``summary.md`` always agree.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,12 @@ import pandas as pd
 from search.errors import NasdeployError
 from search.history import HISTORY_NAME, TrialRecord, read_history
 from search.report import GENOTYPE_NAME, PARETO_JSON, pareto_front
+from search.reward import parse_latency
 
 CONFIG_NAME = "config.json"
 BUDGET_KEYS = ("latency_budget_ms", "latency_budget", "budget_ms")
+"""Where runs keep the latency budget: ``pareto.json`` / ``genotype.json`` metadata store
+milliseconds (``latency_budget_ms``), ``config.json`` the CLI string (``"5ms"``)."""
 KIND_ORDER = ["Pareto front", "meets budget", "over budget", "failed"]
 KIND_COLOURS = ["#1f6feb", "#2da44e", "#8c959f", "#cf222e"]
 TABLE_COLUMNS = [
@@ -90,13 +94,21 @@ def find_key(data: Any, keys: tuple[str, ...]) -> Any:
 def latency_budget(run_dir: str | Path) -> float | None:
     """The run's latency budget in ms from config.json, pareto.json or genotype.json."""
     for name in (CONFIG_NAME, PARETO_JSON, GENOTYPE_NAME):
-        value = find_key(read_json(Path(run_dir) / name), BUDGET_KEYS)
-        try:
-            budget = float(value)
-        except (TypeError, ValueError):
-            continue
-        if budget > 0:
+        budget = budget_ms(find_key(read_json(Path(run_dir) / name), BUDGET_KEYS))
+        if budget is not None:
             return budget
+    return None
+
+
+def budget_ms(value: Any) -> float | None:
+    """A budget value in ms: a positive number, or a string with a unit (``"5ms"``)."""
+    if isinstance(value, str):
+        try:
+            return parse_latency(value)
+        except NasdeployError:
+            return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
     return None
 
 

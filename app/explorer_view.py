@@ -12,7 +12,7 @@ from app.views import friendly_errors, relative_label, show_cells
 
 NO_RUNS = (
     "No search runs (folders with `trials.jsonl`) under `{root}`. Start one with "
-    "`python -m search.run --out runs/exp1 ...`, or point **Runs folder** in the sidebar elsewhere."
+    "`python -m search.run --latency-budget 5ms ...`, or point **Runs folder** in the sidebar elsewhere."
 )
 
 

@@ -113,7 +113,7 @@ def _inputs() -> list[tuple[str, bytes]]:
     samples = models.sample_images()
     picked = st.pills("…or try bundled samples", list(samples), selection_mode="multi") or []
     items = [(f.name, f.getvalue()) for f in uploads or []]
-    return items + [(name, samples[name].read_bytes()) for name in picked]
+    return items + [(name, path.read_bytes()) for name, path in samples.items() if name in picked]
 
 
 def classify_tab(runtime: Runtime | None) -> None:
