@@ -1,0 +1,191 @@
+"""Inspect a genotype: its cells, the network scale, parameters and mult-adds.
+
+Usage::
+
+    python -m search.info nasnet-a --variant mobile
+    python -m search.info runs/x/genotype.json --variant 2@64 --image-size 32 --json
+    python -m search.info nasnet-a --draw cells.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from search.errors import NasdeployError
+
+
+@dataclass(frozen=True)
+class InfoConfig:
+    """What to inspect and how to report it."""
+
+    genotype: str
+    variant: str = "cifar"
+    image_size: int | None = None
+    num_classes: int | None = None
+    as_json: bool = False
+    draw: str | None = None
+
+
+@dataclass(frozen=True)
+class GenotypeInfo:
+    """A genotype built at one scale, with its size and compute."""
+
+    genotype_name: str
+    genotype: Any  # search.genotype.Genotype
+    variant: str
+    notation: str
+    layout: str
+    image_size: int
+    num_classes: int
+    stem_widths: tuple[int, ...]
+    stage_widths: tuple[int, ...]
+    output_channels: int
+    num_cells: int
+    params: int
+    macs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (the ``--json`` output)."""
+        return {
+            "genotype_name": self.genotype_name,
+            "genotype": self.genotype.to_dict(),
+            "variant": self.variant,
+            "notation": self.notation,
+            "layout": self.layout,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "stem_cell_widths": list(self.stem_widths),
+            "stage_cell_widths": list(self.stage_widths),
+            "output_channels": self.output_channels,
+            "num_cells": self.num_cells,
+            "params": self.params,
+            "macs": self.macs,
+        }
+
+
+def inspect_genotype(config: InfoConfig) -> GenotypeInfo:
+    """Load the genotype, build it at the requested scale, count parameters and MACs.
+
+    Raises:
+        NasdeployError: bad genotype, unknown variant or malformed ``N@F``, bad size,
+            or a ``draw`` path without a ``.png`` / ``.svg`` suffix.
+    """
+    from search.draw import draw_genotype, resolve_format
+    from search.scale import parse_scale
+
+    # Cheap checks first: they need neither torch nor a model.
+    scale = parse_scale(config.variant, config.image_size)
+    if config.num_classes is not None and config.num_classes < 1:
+        raise NasdeployError(f"--num-classes must be positive, got {config.num_classes}")
+    if config.draw is not None:
+        resolve_format(config.draw, None)
+
+    from search.cost import count_macs, count_params
+    from search.genotype import load_genotype
+    from search.model import build_model
+
+    genotype = load_genotype(config.genotype)
+    num_classes = config.num_classes or (10 if scale.layout == "cifar" else 1000)
+    model = build_model(genotype, scale, num_classes=num_classes)
+    stem, stages = _cell_widths(model)
+    info = GenotypeInfo(
+        genotype_name=config.genotype,
+        genotype=genotype,
+        variant=scale.label,
+        notation=scale.notation,
+        layout=scale.layout,
+        image_size=scale.image_size,
+        num_classes=num_classes,
+        stem_widths=stem,
+        stage_widths=stages,
+        output_channels=model.classifier.in_features,
+        num_cells=len(model.cells),
+        params=count_params(model),
+        macs=count_macs(model, scale.image_size),
+    )
+    if config.draw is not None:
+        draw_genotype(genotype, config.draw, title=f"{config.genotype}")
+    return info
+
+
+def _cell_widths(model: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-state widths C of the stem reduction cells and of each stage's normal cells."""
+    stem: list[int] = []
+    stages: list[int] = []
+    for cell in model.cells:
+        width = cell.out_channels // cell.multiplier
+        if cell.reduction and not stages:
+            stem.append(width)
+        elif not cell.reduction:
+            if not stages or stages[-1] != width:
+                stages.append(width)
+    return tuple(stem), tuple(stages)
+
+
+def _human(value: int) -> str:
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.{2 if factor == 1e6 and value < 1e8 else 1}f} {suffix}"
+    return str(value)
+
+
+def format_info(info: GenotypeInfo) -> str:
+    """The human-readable report."""
+    from search.draw import genotype_text
+
+    named = f"{info.variant} = " if info.variant != info.notation else ""
+    stages = len(info.stage_widths)
+    normal_per_stage = (info.num_cells - len(info.stem_widths) - (stages - 1)) // stages
+    stem = f"stem reduction cells {', '.join(map(str, info.stem_widths))}; " if info.stem_widths else ""
+    stem_count = f"{len(info.stem_widths)} stem reduction + " if info.stem_widths else ""
+    lines = [
+        f"genotype:  {info.genotype_name}",
+        genotype_text(info.genotype),
+        f"scale:     {named}{info.notation} ({normal_per_stage} normal cells per stage; "
+        f"the last cell outputs {info.output_channels} channels)",
+        f"           {info.layout} layout, {info.image_size} px input, {info.num_classes} classes",
+        f"cells:     {info.num_cells} ({stem_count}{stages} stages x {normal_per_stage} normal "
+        f"+ {stages - 1} reduction)",
+        f"width C:   {stem}stages {', '.join(map(str, info.stage_widths))}",
+        f"params:    {_human(info.params)} ({info.params:,})",
+        f"MACs:      {_human(info.macs)} ({info.macs:,}) per image",
+    ]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m search.info",
+        description="Show a genotype's cells, scale, parameters and mult-adds (MACs).",
+    )
+    parser.add_argument("genotype", help="genotype JSON file or built-in name (e.g. nasnet-a)")
+    parser.add_argument("--variant", default="cifar", help="cifar, mobile, large or N@F (default: cifar)")
+    parser.add_argument("--image-size", type=int, default=None, help="input size in px (default: variant's)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classifier outputs (default: 10 for the cifar layout, else 1000)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--draw", metavar="FILE", default=None, help="also write a .png or .svg picture")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m search.info``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    config = InfoConfig(args.genotype, args.variant, args.image_size, args.num_classes, args.json, args.draw)
+    try:
+        info = inspect_genotype(config)
+    except NasdeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(info.to_dict()) if config.as_json else format_info(info))
+    if config.draw and not config.as_json:
+        print(f"picture:   {config.draw}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
