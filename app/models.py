@@ -11,6 +11,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ RUNS_ENV = "NASDEPLOY_RUNS"
 DEFAULT_RUNS = "runs"
 MODEL_SUFFIXES = (".onnx", ".engine")
 MAX_DEPTH = 4
+MAX_FILES = 20_000
+"""Stop looking after this many files (a runs folder set to ``/`` must not hang the page)."""
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -48,13 +51,20 @@ def _walk(root: Path, depth: int = 0):
 
 def discover_models(root: str | Path) -> list[Path]:
     """Model files under ``root``, newest first (an empty list for a missing folder)."""
-    found = [p for p in _walk(Path(root)) if p.suffix.lower() in MODEL_SUFFIXES]
-    return sorted(found, key=lambda p: (-p.stat().st_mtime, str(p)))
+    found = [p for p in islice(_walk(Path(root)), MAX_FILES) if p.suffix.lower() in MODEL_SUFFIXES]
+    return sorted(found, key=lambda p: (-_mtime(p), str(p)))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed while we looked
+        return 0.0
 
 
 def discover_runs(root: str | Path) -> list[Path]:
     """Search run directories (those holding ``trials.jsonl``) under ``root``, by name."""
-    return sorted({p.parent for p in _walk(Path(root)) if p.name == "trials.jsonl"})
+    return sorted({p.parent for p in islice(_walk(Path(root)), MAX_FILES) if p.name == "trials.jsonl"})
 
 
 def backends_for(path: str | Path) -> list[str]:

@@ -78,7 +78,9 @@ def sidebar() -> ModelChoice:
     backend = bar.selectbox("Backend", backends) if backends else None
     bar.caption("Available here: " + (", ".join(available_backends()) or "none"))
     if path and not backends:
-        bar.warning(f"No backend on this machine runs `{path.suffix}` files.")
+        engine = path.suffix == ".engine"
+        hint = " (TensorRT engines need an NVIDIA GPU; pick the `.onnx` file)" if engine else ""
+        bar.warning(f"No backend on this machine runs `{path.suffix}` files{hint}.")
     return ModelChoice(root, path, backend)
 
 

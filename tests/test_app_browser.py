@@ -104,7 +104,8 @@ def test_upload_shows_predictions_and_screenshot(app_url):
             heading = page.get_by_text(PREDICTION).first
             heading.wait_for(timeout=60_000)
             page.get_by_text(re.compile(r"inference \d+\.\d+ ms")).first.wait_for(timeout=30_000)
-            page.wait_for_timeout(1500)  # let the bar chart finish drawing
+            page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
+            page.wait_for_timeout(1000)  # let the bar chart finish drawing
             page.screenshot(path=str(shot), full_page=True)
             text = heading.inner_text()
         finally:
