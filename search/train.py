@@ -189,9 +189,13 @@ def _run_epoch(model: torch.nn.Module, data: DataBundle, optimizer: torch.optim.
     bar = tqdm(total=len(data.train), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
                disable=not progress, leave=False, file=sys.stderr)
 
+    running = {"loss": 0.0, "seen": 0}
+
     def on_batch(n: int, loss: float, accuracy: float) -> None:
+        running["loss"] += loss * n
+        running["seen"] += n
         bar.update(n)
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
+        bar.set_postfix(loss=f"{running['loss'] / running['seen']:.3f}", acc=f"{accuracy:.3f}")
 
     try:
         stats = train_epoch(model, data.train, optimizer, scheduler, config, epoch, device,
