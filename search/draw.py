@@ -20,6 +20,9 @@ from search.atomic import atomic_path
 from search.errors import NasdeployError
 
 if TYPE_CHECKING:  # keeps this module free of torch (search.genotype imports the op registry)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
     from search.genotype import Cell, Genotype
 
 FORMATS = ("png", "svg")
@@ -257,7 +260,7 @@ def _xy(node: _Node) -> tuple[float, float]:
     return node.layer * _COL_W, -node.y * _ROW_H
 
 
-def _draw_node(ax, node: _Node) -> None:
+def _draw_node(ax: Axes, node: _Node) -> None:
     from matplotlib.patches import FancyBboxPatch
 
     x, y = _xy(node)
@@ -276,7 +279,7 @@ def _draw_node(ax, node: _Node) -> None:
             family="DejaVu Sans Mono" if node.kind == "op" else "DejaVu Sans")
 
 
-def _draw_edge(ax, graph: _CellGraph, edge: _Edge) -> None:
+def _draw_edge(ax: Axes, graph: _CellGraph, edge: _Edge) -> None:
     """A smooth curve leaving the source's right side and entering the target's left side."""
     from matplotlib.patches import FancyArrowPatch
     from matplotlib.path import Path as MplPath
@@ -309,7 +312,7 @@ def _cell_extent(graph: _CellGraph) -> tuple[float, float]:
     return width, height
 
 
-def _draw_cell(ax, graph: _CellGraph, title: str) -> None:
+def _draw_cell(ax: Axes, graph: _CellGraph, title: str) -> None:
     for edge in graph.edges:
         _draw_edge(ax, graph, edge)
     for node in graph.nodes.values():
@@ -324,7 +327,7 @@ def _draw_cell(ax, graph: _CellGraph, title: str) -> None:
     ax.set_axis_off()
 
 
-def _legend(fig) -> None:
+def _legend(fig: Figure) -> None:
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=c, edgecolor="#333333", label=f) for f, c in FAMILY_COLOURS.items()]
@@ -332,7 +335,7 @@ def _legend(fig) -> None:
                frameon=False, bbox_to_anchor=(0.5, 0.0))
 
 
-def genotype_figure(genotype: Genotype, title: str | None = None):
+def genotype_figure(genotype: Genotype, title: str | None = None) -> Figure:
     """A matplotlib Figure (Agg canvas) with the normal cell above the reduction cell."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -141,10 +141,17 @@ def test_bad_draw_suffix_writes_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("argv", "expected"), [(["nasnet-a", "--variant", "4@"], "N@F"),
-                                                (["{bad"], "no genotype file")])
-def test_process_exits_2_with_one_line(argv, expected):
-    result = _run(*argv)
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["nasnet-a", "--variant", "4@"], "N@F"),  # fails before torch is imported: fast
+        pytest.param(["{genotype}"], "unknown op", marks=pytest.mark.slow),  # imports torch: ~5 s
+    ],
+)
+def test_process_exits_2_with_one_line(tmp_path, argv, expected):
+    path = tmp_path / "genotype.json"
+    path.write_text(json.dumps(BAD_FILES["unknown-op.json"][0]))
+    result = _run(*(a.format(genotype=path) for a in argv))
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
