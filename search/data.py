@@ -33,6 +33,7 @@ CIFAR_URLS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
 }
+TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -326,6 +327,8 @@ def _load_cifar(name: str, data_dir: str | os.PathLike[str] | None, download: bo
 
 def _torchvision_cifar(name: str, root: Path, download: bool) -> _Raw | None:
     """Read (or download) the torchvision copy under ``root``; ``None`` if it is not there."""
+    if not download and not (root / TORCHVISION_FOLDERS[name]).is_dir():
+        return None  # skip importing torchvision when there is nothing to read
     from torchvision import datasets
 
     base = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100

@@ -200,3 +200,16 @@ def test_channel_stats_match_a_float_computation() -> None:
     floats = images.double() / 255
     assert mean == pytest.approx(floats.mean(dim=(0, 2, 3)).tolist(), abs=1e-4)
     assert std == pytest.approx(floats.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-4)
+
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="no local CIFAR-10 copy")
+def test_real_cifar10_copy_loads_with_standard_statistics() -> None:
+    bundle = load_dataset("cifar10", SHARED_CIFAR.parent, download=False, val_size=500)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (45000, 500, 10000)
+    assert bundle.class_names[0] == "airplane" and bundle.num_classes == 10
+    assert bundle.mean == pytest.approx((0.4914, 0.4822, 0.4465), abs=2e-3)
+    assert bundle.std == pytest.approx((0.247, 0.243, 0.261), abs=5e-3)
