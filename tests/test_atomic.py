@@ -1,0 +1,31 @@
+"""Atomic writes leave either the old file or the new one, with normal permissions."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from search.atomic import atomic_path, atomic_write_text
+
+
+def test_atomic_write_replaces_and_uses_umask_permissions(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.txt"]
+
+
+def test_failure_keeps_the_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "a.txt"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
