@@ -178,14 +178,23 @@ def accuracy_latency_chart(frame: pd.DataFrame, budget_ms: float | None) -> alt.
             ).encode(x=x, y=y, tooltip=_TOOLTIP)
         )
     if budget_ms is not None:
-        rule = pd.DataFrame({"budget": [budget_ms], "label": [f"budget {budget_ms:g} ms"]})
-        base = alt.Chart(rule)
-        layers.append(base.mark_rule(color="#cf222e", strokeDash=[6, 4]).encode(x="budget:Q"))
-        layers.append(
-            base.mark_text(align="left", dx=4, dy=4, color="#cf222e", baseline="top")
-            .encode(x="budget:Q", y=alt.value(0), text="label:N")
-        )
+        layers += _budget_layers(budget_ms, measured["latency_ms"].tolist())
     return alt.layer(*layers).properties(height=360).interactive()
+
+
+def _budget_layers(budget_ms: float, latencies: list[float]) -> list[alt.Chart]:
+    """A dashed rule at the budget, labelled on the side with more room."""
+    values = [*latencies, budget_ms]
+    on_left = budget_ms > (min(values) + max(values)) / 2
+    rule = pd.DataFrame({"budget": [budget_ms], "label": [f"budget {budget_ms:g} ms"]})
+    base = alt.Chart(rule)
+    return [
+        base.mark_rule(color="#cf222e", strokeDash=[6, 4]).encode(x="budget:Q"),
+        base.mark_text(
+            align="right" if on_left else "left", dx=-4 if on_left else 4, dy=4,
+            color="#cf222e", baseline="top",
+        ).encode(x="budget:Q", y=alt.value(0), text="label:N"),
+    ]
 
 
 def reward_chart(frame: pd.DataFrame) -> alt.LayerChart:
