@@ -69,7 +69,11 @@ def sidebar() -> ModelChoice:
     found = models.discover_models(root)
     picked = None
     if found:
-        picked = bar.selectbox("Model file", found, format_func=lambda p: relative_label(p, root))
+        runnable = [i for i, p in enumerate(found) if models.backends_for(p)]
+        picked = bar.selectbox(
+            "Model file", found, index=runnable[0] if runnable else 0,
+            format_func=lambda p: relative_label(p, root),
+        )
     else:
         bar.caption(f"No `.onnx` / `.engine` files under `{root}`.")
     typed = bar.text_input("…or a model path", placeholder="runs/exp1/model.onnx").strip()

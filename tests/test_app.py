@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from search.errors import NasdeployError
 from search.history import HISTORY_NAME, append_record
 from search.report import pareto_front
 from serve.preprocess import load_image
-from serve.runtime import classify, load_runtime
+from serve.runtime import available_backends, classify, load_runtime
 
 DEMO = Path(__file__).resolve().parents[1] / "app" / "demo.py"
 HEADING = re.compile(r"#### (" + "|".join(CIFAR_CLASSES) + r") — (\d+\.\d)%")
@@ -132,6 +135,27 @@ def test_missing_or_broken_model_is_friendly(monkeypatch, runs, tmp_path):
     path_field.input(str(text)).run()
     assert_no_traceback(at)
     assert any("No backend on this machine runs `.txt` files" in w.value for w in at.sidebar.warning)
+
+
+@pytest.mark.slow
+def test_prefers_a_model_this_machine_can_run(monkeypatch, runs, tmp_path):
+    run = tmp_path / "exp2"
+    run.mkdir()
+    shutil.copy(runs.model, run / "model.onnx")
+    engine = run / "model.engine"  # exported after the ONNX file, as export.tensorrt does
+    engine.write_bytes(b"not a real engine")
+    os.utime(engine, (time.time() + 60, time.time() + 60))
+    at = start(monkeypatch, tmp_path)
+    assert_no_traceback(at)
+    assert models.discover_models(tmp_path)[0] == engine
+    if "tensorrt" in available_backends():
+        pytest.skip("TensorRT is available here, so the engine is runnable")
+    assert at.sidebar.selectbox[0].value == run / "model.onnx"
+    assert len(headings(at.tabs[CLASSIFY].button_group[0].set_value(["flower.jpg"]).run())) == 1
+    at.sidebar.selectbox[0].select(engine).run()
+    assert_no_traceback(at)
+    assert any("TensorRT engines need an NVIDIA GPU" in w.value for w in at.sidebar.warning)
+    assert any("No model selected" in i.value for i in at.tabs[CLASSIFY].info)
 
 
 @pytest.mark.slow
