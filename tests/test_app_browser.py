@@ -32,7 +32,9 @@ CHROMIUM_ARGS = [
 PREDICTION = re.compile(r"(" + "|".join(CIFAR_CLASSES) + r") — \d+\.\d%")
 
 
-def _sync_playwright():
+@pytest.fixture(scope="module")
+def sync_playwright():
+    """Playwright's sync API, or a skip when Chromium or playwright is missing."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     try:
@@ -63,7 +65,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> No
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory) -> Iterator[str]:
+def app_url(sync_playwright, tmp_path_factory) -> Iterator[str]:
     """The demo served by a real `streamlit run` subprocess over a test runs folder."""
     runs = make_runs_folder(tmp_path_factory.mktemp("runs"))
     port = _free_port()
@@ -89,8 +91,7 @@ def app_url(tmp_path_factory) -> Iterator[str]:
         log.close()
 
 
-def test_upload_shows_predictions_and_screenshot(app_url):
-    sync_playwright = _sync_playwright()
+def test_upload_shows_predictions_and_screenshot(sync_playwright, app_url):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "app.png"
     with sync_playwright() as pw:
