@@ -42,6 +42,8 @@ class LatencySettings:
         warmup: untimed runs before timing.
         repeats: timed runs; the median is reported.
         threads: ONNX Runtime intra-op threads (``None``: its default).
+        max_time_s: cap on the timing phase: a slow candidate (far over any budget) stops
+            after at least 3 timed runs once this much time is spent (warm-up: half of it).
     """
 
     scale: str = "cifar"
@@ -51,6 +53,7 @@ class LatencySettings:
     warmup: int = 5
     repeats: int = 20
     threads: int | None = None
+    max_time_s: float = 3.0
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.warmup < 0:
@@ -68,6 +71,7 @@ class DeploymentCost:
     measure_time_s: float
     provider: str
     latency_p90_ms: float = math.nan
+    timed_runs: int = 0
 
 
 class LatencyMeter:
@@ -129,7 +133,7 @@ class LatencyMeter:
                 path = Path(tmp) / "model.onnx"
                 export_path = _export(model, path, self.image_size)
                 times, provider = time_onnx(export_path, self.image_size, s.device, s.warmup,
-                                            s.repeats, s.threads)
+                                            s.repeats, s.threads, s.max_time_s)
         except NasdeployError:
             raise
         except Exception as exc:  # one candidate's failure, reported on one line
@@ -140,7 +144,7 @@ class LatencyMeter:
         return DeploymentCost(
             latency_ms=statistics.median(times), macs=int(macs), params=int(params),
             measure_time_s=round(time.perf_counter() - start, 3), provider=provider,
-            latency_p90_ms=float(np.percentile(times, 90)),
+            latency_p90_ms=float(np.percentile(times, 90)), timed_runs=len(times),
         )
 
     def _read_cache(self) -> dict[str, DeploymentCost]:
@@ -171,7 +175,7 @@ def _fingerprint(settings: LatencySettings, image_size: int) -> dict[str, Any]:
     """Settings that change the measured numbers (a cache entry is valid only under them)."""
     return {"scale": settings.scale, "image_size": image_size,
             "num_classes": settings.num_classes, "device": settings.device,
-            "threads": settings.threads}
+            "threads": settings.threads, "repeats": settings.repeats}
 
 
 def _export(model: torch.nn.Module, path: Path, image_size: int) -> Path:
@@ -181,20 +185,32 @@ def _export(model: torch.nn.Module, path: Path, image_size: int) -> Path:
 
 
 def time_onnx(path: str | os.PathLike[str], image_size: int, device: str = "cpu",
-              warmup: int = 5, repeats: int = 20, threads: int | None = None
-              ) -> tuple[list[float], str]:
-    """Run an ONNX model at batch 1; return per-run latencies in ms and the provider used."""
+              warmup: int = 5, repeats: int = 20, threads: int | None = None,
+              max_time_s: float | None = None) -> tuple[list[float], str]:
+    """Run an ONNX model at batch 1; return per-run latencies in ms and the provider used.
+
+    With ``max_time_s`` the warm-up stops after half of it (at least one run) and the timed
+    runs after all of it (at least ``min(3, repeats)`` runs), so a very slow candidate
+    costs seconds, not minutes.
+    """
     from search.onnxio import INPUT_NAME, ort_session
 
     session = ort_session(path, device, threads)
     provider = session.get_providers()[0]
     rng = np.random.default_rng(0)
     feed = {INPUT_NAME: rng.standard_normal((1, 3, image_size, image_size), dtype=np.float32)}
+    cap = math.inf if max_time_s is None else max_time_s
+    start = time.perf_counter()
     for _ in range(warmup):
         session.run(None, feed)
-    times = []
-    for _ in range(repeats):
+        if time.perf_counter() - start > cap / 2:
+            break
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
         tick = time.perf_counter()
         session.run(None, feed)
         times.append((time.perf_counter() - tick) * 1000.0)
+        if len(times) >= min(3, repeats) and time.perf_counter() - start > cap:
+            break
     return times, provider

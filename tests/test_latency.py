@@ -11,8 +11,9 @@ import pytest
 from search.cost import count_macs, count_params
 from search.errors import NasdeployError
 from search.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype
-from search.latency import LatencyMeter, LatencySettings, MeasurementError
+from search.latency import LatencyMeter, LatencySettings, MeasurementError, time_onnx
 from search.model import build_model
+from search.onnxio import export_onnx
 
 LITE = REFERENCE_GENOTYPES["lite"]
 NASNET = REFERENCE_GENOTYPES["nasnet-a"]
@@ -69,3 +70,15 @@ def test_bad_settings_are_rejected() -> None:
         LatencySettings(repeats=0)
     with pytest.raises(NasdeployError, match="variant"):
         LatencyMeter(LatencySettings(scale="huge"))
+
+
+def test_timing_is_capped_for_slow_candidates_and_full_otherwise(tmp_path: Path) -> None:
+    model = build_model(LITE, "1@16", num_classes=10, image_size=16)
+    path = export_onnx(model, tmp_path / "lite.onnx", 16, dynamic_batch=False)
+    capped, provider = time_onnx(path, 16, warmup=5, repeats=50, threads=1, max_time_s=0.0)
+    assert len(capped) == 3 and provider == "CPUExecutionProvider"
+    full, _ = time_onnx(path, 16, warmup=1, repeats=7, threads=1, max_time_s=None)
+    assert len(full) == 7 and all(t > 0 for t in full)
+    cost = LatencyMeter(LatencySettings(scale="1@16", image_size=16, warmup=0, repeats=4,
+                                        threads=1))(LITE)
+    assert cost.timed_runs == 4
