@@ -6,6 +6,7 @@ Each section turns known errors (:class:`~search.errors.NasdeployError`, which c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,9 +46,14 @@ def friendly_errors(where: str) -> Iterator[None]:
     try:
         yield
     except NasdeployError as exc:
-        st.error(str(exc), icon=":material/warning:")
+        st.error(md(str(exc)), icon=":material/warning:")
     except Exception as exc:  # last resort: the page must keep working
-        st.error(f"{where} failed: {type(exc).__name__}: {exc}", icon=":material/warning:")
+        st.error(md(f"{where} failed: {type(exc).__name__}: {exc}"), icon=":material/warning:")
+
+
+def md(text: str) -> str:
+    """``text`` with Markdown/LaTeX characters escaped (class and file names are data)."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|$<>~-])", r"\\\1", str(text))
 
 
 def relative_label(path: Path, root: str) -> str:
@@ -137,7 +143,7 @@ def classify_tab(runtime: Runtime | None) -> None:
             try:
                 image = load_image(data)
             except ImageError as exc:
-                st.error(f"**{name}**: {exc}", icon=":material/broken_image:")
+                st.error(f"**{md(name)}**: {md(str(exc))}", icon=":material/broken_image:")
                 continue
             _prediction_card(name, image, classify(runtime, [image], k=TOP_K)[0], provider)
 
@@ -146,7 +152,7 @@ def _prediction_card(name: str, image: Image.Image, pred: Prediction, provider: 
     left, right = st.columns([1, 2], vertical_alignment="center")
     left.image(image, caption=f"{name} · {image.width}×{image.height}", width=220)
     best, prob = pred.top[0]
-    right.markdown(f"#### {best} — {prob:.1%}")
+    right.markdown(f"#### {md(best)} — {prob:.1%}")
     right.altair_chart(topk_chart(pred.top), width="stretch")
     right.caption(f":material/timer: inference {pred.latency_ms:.2f} ms (batch 1) on {provider}")
 

@@ -282,3 +282,10 @@ def test_discovery_finds_models_and_runs(tmp_path):
     assert models.discover_models(tmp_path / "missing") == []
     assert models.backends_for("x.onnx") == ["onnxruntime"]
     assert set(models.sample_images()) >= {"temple.jpg", "boat-rgba.png"}
+
+
+def test_names_are_shown_literally():
+    from app.views import md
+
+    assert md("aquarium_fish") == r"aquarium\_fish"
+    assert md("$5 [x](y)*") == r"\$5 \[x\]\(y\)\*"
