@@ -211,9 +211,10 @@ def write_metadata(path: Path, info: ModelInfo, doc: str = "") -> None:
     import onnx
 
     model = onnx.load(str(path))
-    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("nasdeploy.")]
+    props = {p.key: p.value for p in model.metadata_props if not p.key.startswith("nasdeploy.")}
+    props.update(sorted(info.to_props().items()))  # info.extra may repeat foreign keys: one each
     del model.metadata_props[:]
-    for key, value in keep + sorted(info.to_props().items()):
+    for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     if doc:
         model.doc_string = doc

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from export.onnx_export import compare_outputs, open_session, run_session, warn, write_metadata
 from search.errors import NasdeployError
-from serve.metadata import ModelInfo
+from serve.metadata import ModelInfo, ModelInfoError
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIB_BATCH = 32
@@ -184,6 +184,16 @@ def convert_fp16(src: Path, dst: Path) -> None:
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     sort_nodes(model.graph)
     onnx.save(model, str(dst))
+    _retag(dst, "fp16")
+
+
+def _retag(path: Path, precision: str) -> None:
+    """Set ``precision`` in the nasdeploy metadata the converters copied from the source."""
+    try:
+        info = ModelInfo.from_onnx(path)
+    except ModelInfoError:
+        return  # not a nasdeploy model: nothing to correct
+    write_metadata(path, replace(info, precision=precision))
 
 
 def sort_nodes(graph: Any) -> None:
@@ -226,6 +236,7 @@ def quantize_qdq(src: Path, dst: Path, images: np.ndarray, *, method: str = "min
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             calibration_cache_path=None,
         )
+    _retag(dst, "int8")
 
 
 @contextlib.contextmanager

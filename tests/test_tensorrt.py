@@ -1,0 +1,137 @@
+"""python -m export.tensorrt: everything up to the build runs on CPU; builds need TensorRT + GPU."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+
+from export.onnx_export import ExportConfig, export_model
+from export.quantize import quantize_qdq
+from export.tensorrt import main
+from export.trt_build import (
+    TrtConfig,
+    build_engine,
+    choose_onnx,
+    missing_requirement,
+    plan_build,
+    profile_shapes,
+    trtexec_command,
+)
+from search.errors import NasdeployError
+from serve.metadata import ModelInfo
+
+NO_TRT = missing_requirement()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny exported fp32 model (dynamic batch) with a QDQ int8 sibling."""
+    out = tmp_path_factory.mktemp("trt")
+    config = ExportConfig(source="lite", variant="1@16", image_size=16, out=str(out))
+    export_model(config, log=lambda *_: None)
+    images = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    quantize_qdq(out / "model.onnx", out / "model.int8.onnx", images)
+    return out
+
+
+def test_default_profile_is_1_8_32_for_a_dynamic_batch():
+    p = profile_shapes("input", ["batch", 3, 32, 32], None, None, None)
+    assert (p.min, p.opt, p.max, p.dynamic) == ((1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32), True)
+    p = profile_shapes("input", ["batch", 3, 32, 32], 2, None, 4)
+    assert (p.min[0], p.opt[0], p.max[0]) == (2, 4, 4)
+
+
+def test_profile_rejects_bad_orders_and_other_batches_on_fixed_models():
+    with pytest.raises(NasdeployError, match="min <= opt <= max"):
+        profile_shapes("input", ["batch", 3, 16, 16], 8, 4, 16)
+    fixed = profile_shapes("input", [4, 3, 16, 16], None, None, None)
+    assert fixed.min == fixed.opt == fixed.max == (4, 3, 16, 16) and not fixed.dynamic
+    with pytest.raises(NasdeployError, match="fixed batch of 4"):
+        profile_shapes("input", [4, 3, 16, 16], None, None, 32)
+
+
+def test_plan_reads_the_model_and_prints_an_equivalent_trtexec_line(model_dir, tmp_path):
+    plan = plan_build(TrtConfig(onnx=str(model_dir / "model.onnx"), workspace_mb=512, max_batch=16,
+                                timing_cache=str(tmp_path / "cache.bin")))
+    assert plan.engine == model_dir / "model.engine" and plan.sidecar.name == "model.engine.json"
+    assert plan.precision == "fp32" and plan.info.image_size == 16
+    args = shlex.split(trtexec_command(plan))
+    assert args[0] == "trtexec" and "--stronglyTyped" in args
+    assert f"--onnx={model_dir / 'model.onnx'}" in args
+    assert "--minShapes=input:1x3x16x16" in args and "--optShapes=input:8x3x16x16" in args
+    assert "--maxShapes=input:16x3x16x16" in args
+    assert "--memPoolSize=workspace:512M" in args
+    assert f"--timingCacheFile={tmp_path / 'cache.bin'}" in args
+    assert not any(a in args for a in ("--fp16", "--int8", "--best"))  # removed in TensorRT 11
+
+
+def test_precision_comes_from_the_model_it_would_consume(model_dir):
+    info = ModelInfo.from_onnx(model_dir / "model.onnx")
+    path, precision, derive = choose_onnx(model_dir / "model.onnx", info, fp16=False, int8=True)
+    assert (path.name, precision, derive) == ("model.int8.onnx", "int8", False)
+    assert ModelInfo.from_onnx(path).genotype == info.genotype
+    path, precision, derive = choose_onnx(model_dir / "model.onnx", info, fp16=True, int8=False)
+    assert (path.name, precision, derive) == ("model.fp16.onnx", "fp16", True)
+    with pytest.raises(NasdeployError, match="choose one"):
+        choose_onnx(model_dir / "model.onnx", info, fp16=True, int8=True)
+    int8_info = ModelInfo.from_onnx(model_dir / "model.int8.onnx")
+    with pytest.raises(NasdeployError, match="int8 model"):
+        choose_onnx(model_dir / "model.int8.onnx", int8_info, fp16=True, int8=False)
+
+
+def test_int8_without_a_quantized_model_says_how_to_make_one(tmp_path, model_dir):
+    (tmp_path / "model.onnx").write_bytes((model_dir / "model.onnx").read_bytes())
+    with pytest.raises(NasdeployError, match="--int8 --calib-data"):
+        plan_build(TrtConfig(onnx=str(tmp_path / "model.onnx"), int8=True))
+
+
+def test_dry_run_prints_plan_and_trtexec_and_builds_nothing(model_dir, capsys):
+    assert main([str(model_dir / "model.onnx"), "--int8", "--dry-run", "--opt-batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "precision: int8" in out and "trtexec --onnx=" in out and "--optShapes=input:4x3x16x16" in out
+    assert not list(model_dir.glob("*.engine*"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.onnx"], "not found"),
+    (["--workspace", "0"], "--workspace"),
+])
+def test_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
+    argv = [str(tmp_path / argv[0])] if argv[0].endswith(".onnx") else [str(model_dir / "model.onnx"), *argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+@pytest.mark.skipif(NO_TRT is None, reason="TensorRT and a GPU are present")
+def test_without_tensorrt_or_gpu_the_build_fails_in_one_line(model_dir, capsys):
+    assert main([str(model_dir / "model.onnx")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "pip install 'nasdeploy[gpu]'" in lines[0] and ("TensorRT" in lines[0] or "GPU" in lines[0])
+    assert captured.out == "" and not list(model_dir.glob("*.engine*"))
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(NO_TRT is not None, reason=str(NO_TRT))
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engine_builds_and_matches_onnxruntime(model_dir, tmp_path, precision):
+    from serve.ort_backend import load as load_ort
+    from serve.trt_backend import load as load_trt
+
+    config = TrtConfig(onnx=str(model_dir / "model.onnx"), out=str(tmp_path), fp16=precision == "fp16",
+                       int8=precision == "int8", max_batch=8, timing_cache=str(tmp_path / "cache.bin"))
+    plan, sidecar = build_engine(config)
+    assert plan.engine.is_file() and (tmp_path / "cache.bin").is_file()
+    data = json.loads(plan.sidecar.read_text())
+    assert data["build"]["precision"] == precision and data["tensorrt_version"]
+    assert ModelInfo.from_json(plan.sidecar).precision == precision
+    x = np.random.default_rng(1).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    expected = load_ort(plan.onnx, device="cpu").predict(x)
+    got = load_trt(plan.engine).predict(x)
+    tolerance = {"fp32": 1e-3, "fp16": 2e-2, "int8": 1e-1}[precision]
+    assert np.abs(got - expected).max() <= tolerance
