@@ -25,6 +25,7 @@ from tqdm import tqdm
 from search.errors import NasdeployError
 from search.genotype import Genotype
 from search.history import HISTORY_NAME, TrialRecord, append_record, repair_history, utc_now
+from search.latency import MeasurementError
 from search.reward import RewardConfig, is_feasible, mnas_reward
 from search.strategy import Outcome, Strategy
 
@@ -67,7 +68,8 @@ def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
                        strategy: str) -> TrialRecord:
     """Score one genotype; failures become a ``failed`` record with reward 0.
 
-    ``NasdeployError`` (a setup problem such as a missing runtime) propagates.
+    ``NasdeployError`` (a setup problem such as a missing runtime) propagates, except
+    :class:`~search.latency.MeasurementError` (this candidate could not be measured).
     """
     start = time.perf_counter()
     fields: dict[str, Any] = {"latency_ms": None, "macs": None, "params": None,
@@ -77,6 +79,8 @@ def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
         cost = evaluator.cost_fn(genotype)
         fields.update(latency_ms=_finite(cost.latency_ms, math.nan), macs=int(cost.macs),
                       params=int(cost.params), latency_time_s=_finite(cost.measure_time_s))
+    except MeasurementError as exc:  # this candidate's deployment model failed
+        fields["error"] = str(exc).splitlines()[0][:500]
     except NasdeployError:
         raise
     except Exception as exc:  # noqa: BLE001 - a child that cannot be built or timed
@@ -114,7 +118,8 @@ def best_feasible(records: list[TrialRecord]) -> TrialRecord | None:
 def _postfix(records: list[TrialRecord]) -> str:
     best = best_feasible(records)
     if best is None:
-        return "best feasible: none yet"
+        timed = [r.latency_ms for r in records if r.latency_ms is not None]
+        return "best feasible: none yet" + (f" (fastest {min(timed):.2f} ms)" if timed else "")
     return f"best feasible: acc {best.accuracy:.3f} @ {best.latency_ms:.2f} ms"
 
 

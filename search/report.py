@@ -135,7 +135,7 @@ def plot_rewards(path: Path, records: Sequence[TrialRecord]) -> None:
         running = max(running, value)
         best.append(running)
     ax.scatter(trials, rewards, s=14, color="tab:blue", alpha=0.6, label="reward")
-    ax.plot(trials, best, color="tab:orange", lw=2, label="best so far")
+    ax.plot(trials, best, color="tab:orange", lw=2, drawstyle="steps-post", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel("MnasNet reward")
     ax.set_title("reward over trials")
@@ -169,6 +169,17 @@ _HEADER = ("| trial | val acc | latency ms | MMACs | M params | reward | feasibl
            "| ---: | ---: | ---: | ---: | ---: | ---: | :-: |")
 
 
+def _cells_markdown(record: TrialRecord) -> list[str]:
+    """The selected cells as a table: one row per block."""
+    genotype = record.to_genotype()
+    lines = ["| cell | block | inputs | ops | combine |", "| --- | ---: | --- | --- | --- |"]
+    for name in ("normal", "reduce"):
+        for b, block in enumerate(getattr(genotype, name).blocks):
+            lines.append(f"| {name} | {b} | {block.inputs[0]}, {block.inputs[1]} | "
+                         f"{block.ops[0]}, {block.ops[1]} | {block.combine} |")
+    return lines
+
+
 def summary_markdown(records: Sequence[TrialRecord], ctx: ReportContext,
                      best: Selection | None) -> str:
     """The human summary of a run."""
@@ -186,8 +197,7 @@ def summary_markdown(records: Sequence[TrialRecord], ctx: ReportContext,
         lines += ["**No candidate could be evaluated**; see the errors in trials.jsonl.", ""]
     else:
         lines += ["## Selected genotype (genotype.json)", "", f"**{best.note}.**", "",
-                  _HEADER, _row(best.record), "",
-                  "```json", json.dumps(best.record.genotype, indent=1), "```", ""]
+                  _HEADER, _row(best.record), "", *_cells_markdown(best.record), ""]
     lines += ["## Pareto front (accuracy vs latency)", "", _HEADER,
               *[_row(r) for r in pareto_front(records)], "",
               "## Top 5 by reward", "", _HEADER,
