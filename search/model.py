@@ -123,7 +123,7 @@ class NASNet(nn.Module):
         self.scale = scale
         self.num_classes = num_classes
         self.drop_path_prob = drop_path_prob
-        channels = cell_channels(scale.filters, len(genotype.normal.output_states()))
+        channels = cell_channels(scale.filters, genotype.num_blocks)
         if scale.layout == "cifar":
             stem_c = int(channels * scale.stem_multiplier)
             self.stem = nn.Sequential(nn.Conv2d(3, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))

@@ -77,11 +77,14 @@ def parse_scale(text: str | Scale, image_size: int | None = None) -> Scale:
     return Scale(num_cells, filters, size, layout, 3.0 if layout == "cifar" else 1.0)
 
 
-def cell_channels(filters: int, num_concat: int, num_reductions: int = 2) -> int:
-    """Per-state width C of the first stage so the last cell outputs ``filters`` channels.
+def cell_channels(filters: int, num_blocks: int, num_reductions: int = 2) -> int:
+    """Per-state width C of the first stage for ``N@F`` with cells of ``num_blocks`` blocks.
 
-    The width doubles at each of ``num_reductions`` reductions and a normal cell
-    outputs ``num_concat`` states, so ``F = num_concat * C * 2**num_reductions``.
-    At least 2, since a factorized reduction needs two halves.
+    F is the penultimate width of a cell that concatenates ``num_blocks + 1`` states, as
+    NASNet-A does (its normal cell outputs h[k-2] and its five blocks), after
+    ``num_reductions`` doublings: ``F = (B + 1) * C * 2**num_reductions``. Every genotype
+    with B blocks gets the same C, so candidates are compared at equal per-op width and a
+    cell that concatenates fewer states is narrower (and cheaper), not wider. At least 2,
+    since a factorized reduction needs two halves.
     """
-    return max(2, round(filters / (num_concat * 2**num_reductions)))
+    return max(2, round(filters / ((num_blocks + 1) * 2**num_reductions)))

@@ -32,5 +32,5 @@ def test_bad_scales_are_one_line_errors(text):
 
 
 def test_channel_rule():
-    assert cell_channels(768, 6) == 32 and cell_channels(1056, 6) == 44 and cell_channels(4032, 6) == 168
-    assert cell_channels(64, 4) == 4
+    assert cell_channels(768, 5) == 32 and cell_channels(1056, 5) == 44 and cell_channels(4032, 5) == 168
+    assert cell_channels(64, 3) == 4 and cell_channels(8, 5) == 2
