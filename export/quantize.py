@@ -56,17 +56,27 @@ class ImageCalibrationReader:
     """An ``onnxruntime.quantization.CalibrationDataReader`` over an image array."""
 
     def __init__(self, images: np.ndarray, batch: int = CALIB_BATCH, input_name: str = "input",
-                 fixed_batch: int | None = None):
+                 fixed_batch: int | None = None, progress: bool = False):
         self.images = images
         self.batch = fixed_batch or batch
         self.fixed = fixed_batch is not None
         self.input_name = input_name
         self._start = 0
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(images), desc="calibrating", unit="img", disable=None, leave=False)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next batch as an input feed, ``None`` when exhausted."""
         if self._start >= len(self.images):
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None  # later passes (after rewind) stay silent
             return None
+        if self._bar is not None:
+            self._bar.update(min(self.batch, len(self.images) - self._start))
         chunk = self.images[self._start:self._start + self.batch]
         self._start += self.batch
         if self.fixed and len(chunk) < self.batch:  # a fixed-batch graph needs full batches
@@ -229,7 +239,8 @@ def quantize_qdq(src: Path, dst: Path, images: np.ndarray, *, method: str = "min
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         ops = {node.op_type for node in onnx.load(str(pre)).graph.node} - EXCLUDED_OPS
         quantize_static(
-            str(pre), str(dst), _as_reader(ImageCalibrationReader(images, fixed_batch=fixed_batch)),
+            str(pre), str(dst),
+            _as_reader(ImageCalibrationReader(images, fixed_batch=fixed_batch, progress=True)),
             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8, op_types_to_quantize=sorted(ops),
             calibrate_method=methods[method],

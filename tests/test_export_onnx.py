@@ -99,6 +99,14 @@ def test_genotype_export_warns_about_random_weights_and_fixes_the_batch(tmp_path
     assert [r["batch"] for r in report["verification"]["batches"]] == [3]
 
 
+def test_genotype_with_matching_weights_exports_the_checkpoint(tmp_path, exported):
+    ckpt, _, _ = exported
+    assert main(["nasnet-a", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert props["nasdeploy.weights"] == "trained" and props["nasdeploy.dataset"] == "digits"
+    assert (tmp_path / "export_report.json").is_file()
+
+
 def test_default_output_folder_for_a_genotype(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["lite", "--variant", SCALE, "--image-size", "16"]) == 0
