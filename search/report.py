@@ -170,14 +170,10 @@ _HEADER = ("| trial | val acc | latency ms | MMACs | M params | reward | feasibl
 
 
 def _cells_markdown(record: TrialRecord) -> list[str]:
-    """The selected cells as a table: one row per block."""
-    genotype = record.to_genotype()
-    lines = ["| cell | block | inputs | ops | combine |", "| --- | ---: | --- | --- | --- |"]
-    for name in ("normal", "reduce"):
-        for b, block in enumerate(getattr(genotype, name).blocks):
-            lines.append(f"| {name} | {b} | {block.inputs[0]}, {block.inputs[1]} | "
-                         f"{block.ops[0]}, {block.ops[1]} | {block.combine} |")
-    return lines
+    """The selected cells, one line per block (see :func:`search.draw.genotype_text`)."""
+    from search.draw import genotype_text
+
+    return ["```", genotype_text(record.to_genotype()), "```"]
 
 
 def summary_markdown(records: Sequence[TrialRecord], ctx: ReportContext,

@@ -275,6 +275,9 @@ def summary_text(result: SearchResult) -> str:
         lines.append(f"{head}: trial {r.trial}, val accuracy {r.accuracy:.4f}, latency "
                      f"{r.latency_ms:.3f} ms (budget {budget:g} ms), "
                      f"{(r.macs or 0) / 1e6:.1f} M MACs, {(r.params or 0) / 1e6:.3f} M params")
+        from search.draw import genotype_text
+
+        lines.append(genotype_text(r.to_genotype()))
     loop = result.loop
     why = {"trials": "trial limit", "time": "time budget"}.get(loop.stopped_by, loop.stopped_by)
     lines.append(f"{len(loop.records)} trials ({loop.new_trials} new, stopped by the {why}) "
