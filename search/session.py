@@ -8,9 +8,12 @@ so :func:`resume_search` needs nothing but the directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +29,7 @@ from search.space import SearchSpace
 from search.strategy import StrategyConfig, available_strategies, create_strategy
 
 CONFIG_NAME = "config.json"
+LOCK_NAME = ".lock"
 LATENCY_CACHE = "latency_cache.jsonl"
 DEFAULT_TRIALS = 100
 DEFAULT_RUNS_DIR = "runs"
@@ -199,15 +203,35 @@ def _context(config: SearchConfig, data: Any) -> ReportContext:
     return ReportContext(reward.latency_budget_ms, data.name, reward.macs_budget, settings)
 
 
-def _prepare_dir(config: SearchConfig, resume: bool) -> Path:
-    run_dir = Path(config.out) if config.out else new_run_dir(config)
+def _prepare_dir(config: SearchConfig, run_dir: Path, resume: bool) -> None:
     if not resume and (run_dir / HISTORY_NAME).exists():
         raise NasdeployError(f"{run_dir} already holds a search; continue it with --resume "
                              f"{run_dir} or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
     config.out = str(run_dir)
     atomic_write_text(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
-    return run_dir
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (released by the OS even after a kill -9)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(run_dir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            raise NasdeployError(f"{run_dir} is in use by another search (pid {owner}); "
+                                 f"wait for it or stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def run_search(config: SearchConfig, *, progress: bool = True, resume: bool = False
@@ -216,7 +240,16 @@ def run_search(config: SearchConfig, *, progress: bool = True, resume: bool = Fa
     config.validate()
     start = time.perf_counter()
     data = _load_data(config)
-    run_dir = _prepare_dir(config, resume)
+    run_dir = Path(config.out) if config.out else new_run_dir(config)
+    config.out = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        _prepare_dir(config, run_dir, resume)
+        return _search(config, data, run_dir, progress, start)
+
+
+def _search(config: SearchConfig, data: Any, run_dir: Path, progress: bool, start: float
+            ) -> SearchResult:
     evaluator = _evaluator(config, data, run_dir)
     strategy = create_strategy(config.strategy, StrategyConfig(
         space=SearchSpace(config.blocks), seed=config.seed, run_dir=run_dir,

@@ -102,29 +102,50 @@ def test_end_to_end_search_on_digits_then_resume_to_more_trials(capsys, tmp_path
     assert json.loads((out / "config.json").read_text())["trials"] == 3
 
 
-@pytest.mark.slow
-def test_resume_after_kill_9_loses_and_repeats_nothing(tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "search.run", "--latency-budget", "50ms", "--trials", "4",
-           "--strategy", "tpe", "--out", str(out), *TINY]
+def _start(argv: list[str]) -> subprocess.Popen:
+    """The CLI in a child process that reacts to Ctrl-C like one started from a terminal."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    history = out / "trials.jsonl"
+    return subprocess.Popen([sys.executable, "-m", "search.run", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _wait_for_trials(proc: subprocess.Popen, history: Path, count: int) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if history.exists() and len(read_history(history)) >= 1:
-            break
+        if history.exists() and len(read_history(history)) >= count:
+            return
         time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = read_history(history)
-    assert 1 <= len(done) < 4, "the kill should land mid-run"
-    result = subprocess.run([sys.executable, "-m", "search.run", "--resume", str(out),
-                             "--no-progress"], env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_kill_9_then_resume_loses_and_repeats_nothing(capsys, tmp_path):
+    out = tmp_path / "run"
+    history = out / "trials.jsonl"
+    first = _start(["--latency-budget", "50ms", "--trials", "5", "--strategy", "tpe",
+                    "--out", str(out), *TINY])
+    _wait_for_trials(first, history, 1)
+    # a second process cannot work on the same run directory at the same time
+    _one_line_error(capsys, ["--resume", str(out)], "is in use by another search")
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    assert f"continue with: python -m search.run --resume {out}" in err
+    assert (out / "summary.md").exists(), "the report is written on Ctrl-C"
+    after_ctrl_c = read_history(history)
+    assert 1 <= len(after_ctrl_c) < 5
+
+    second = _start(["--resume", str(out)])
+    _wait_for_trials(second, history, len(after_ctrl_c) + 1)
+    second.send_signal(signal.SIGKILL)
+    second.communicate()
+    after_kill = read_history(history)
+    assert len(after_kill) < 5, "the kill should land mid-run"
+    assert after_kill[:len(after_ctrl_c)] == after_ctrl_c
+
+    assert main(["--resume", str(out), "--no-progress"]) == 0
     records = read_history(history)
-    assert [r.trial for r in records] == [0, 1, 2, 3]
-    assert records[:len(done)] == done
+    assert [r.trial for r in records] == [0, 1, 2, 3, 4]
+    assert records[:len(after_kill)] == after_kill
     for name in ARTIFACTS:
         assert Path(out, name).exists(), name
