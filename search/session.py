@@ -99,9 +99,11 @@ class SearchConfig:
             raise NasdeployError(f"--latency-device must be cpu or cuda, got "
                                  f"{self.latency_device!r}")
         from search.scale import parse_scale
+        from search.training import resolve_device
 
         parse_scale(self.target_variant)
         parse_scale(self.child_defaults().scale)
+        resolve_device(self.device)
 
     @property
     def max_trials(self) -> int | None:
@@ -241,16 +243,16 @@ def run_search(config: SearchConfig, *, progress: bool = True, resume: bool = Fa
     start = time.perf_counter()
     data = _load_data(config)
     run_dir = Path(config.out) if config.out else new_run_dir(config)
+    evaluator = _evaluator(config, data, run_dir)  # checks the latency provider first
     config.out = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         _prepare_dir(config, run_dir, resume)
-        return _search(config, data, run_dir, progress, start)
+        return _search(config, data, evaluator, run_dir, progress, start)
 
 
-def _search(config: SearchConfig, data: Any, run_dir: Path, progress: bool, start: float
-            ) -> SearchResult:
-    evaluator = _evaluator(config, data, run_dir)
+def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path,
+            progress: bool, start: float) -> SearchResult:
     strategy = create_strategy(config.strategy, StrategyConfig(
         space=SearchSpace(config.blocks), seed=config.seed, run_dir=run_dir,
         rl_batch=config.rl_batch))

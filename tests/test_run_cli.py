@@ -149,3 +149,18 @@ def test_ctrl_c_then_kill_9_then_resume_loses_and_repeats_nothing(capsys, tmp_pa
     assert records[:len(after_kill)] == after_kill
     for name in ARTIFACTS:
         assert Path(out, name).exists(), name
+
+
+@pytest.mark.parametrize("argv, contains", [
+    (["--device", "cuda"], "--device cuda was requested but PyTorch sees no CUDA GPU"),
+    (["--latency-device", "cuda"], "CUDA"),
+])
+def test_missing_gpu_fails_before_anything_is_written(capsys, tmp_path, argv, contains):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    _one_line_error(capsys, ["--latency-budget", "5ms", "--out", str(out), *argv, *TINY],
+                    contains)
+    assert not out.exists()
