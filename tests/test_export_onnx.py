@@ -13,9 +13,10 @@ import torch
 from export_fixtures import IMAGE_SIZE, SCALE, digits_test_images, make_checkpoint
 
 from export.onnx import main
-from export.onnx_export import ExportConfig, export_model
+from export.onnx_export import ExportConfig, export_model, verify_against_torch
 from search.checkpoint import load_checkpoint
 from search.cost import count_params
+from search.errors import NasdeployError
 from search.onnxio import ort_session
 
 
@@ -140,3 +141,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, exported, ca
     assert len(errors) == 1 and errors[0].startswith("error: ")
     assert "Traceback" not in "\n".join(err)
     assert not (tmp_path / "out").exists()  # no half-written artifact, no empty folders
+
+
+def test_verification_fails_when_onnx_and_pytorch_disagree(exported):
+    ckpt, spec, result = exported
+    model, _, _ = load_checkpoint(ckpt)
+    rows = verify_against_torch(model, result.model_path, spec.image_size, [1, 4], seed=0)
+    assert [r["batch"] for r in rows] == [1, 4] and all(r["max_abs_error"] <= r["allowed"] for r in rows)
+    with torch.no_grad():
+        model.classifier.bias += 0.01  # the ONNX file no longer matches this model
+    with pytest.raises(NasdeployError, match="differs from PyTorch"):
+        verify_against_torch(model, result.model_path, spec.image_size, [1], seed=0)
