@@ -86,7 +86,7 @@ class TrtRuntime(Runtime):
         if self.engine is None:
             raise ServeError(
                 f"TensorRT {trt.__version__} cannot deserialize {path}; engines are tied to the "
-                "TensorRT version and GPU that built them, rebuild it with `python -m export.trt`"
+                "TensorRT version and GPU that built them, rebuild it with `python -m export.tensorrt`"
             )
         self._input, self._output = self._io_names()
         self._input_dtype = _nptype(trt, self.engine.get_tensor_dtype(self._input))
