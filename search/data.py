@@ -15,7 +15,6 @@ import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from search.errors import NasdeployError
+from search.images import center_crop, resize_short_side, to_rgb
 
 DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "digits": 16, "imagefolder": 32}
@@ -467,29 +467,8 @@ def read_image(path: Path, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            rgb = to_rgb(ImageOps.exif_transpose(img))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise NasdeployError(f"cannot read image {path} ({type(exc).__name__})") from None
-    width, height = rgb.size
-    short, long = min(width, height), max(width, height)
-    if short != size:
-        new_long = max(1, int(size * long / short))
-        new_size = (size, new_long) if width <= height else (new_long, size)
-        rgb = rgb.resize(new_size, Image.Resampling.BILINEAR)
-    left = int(round((rgb.width - size) / 2.0))
-    top = int(round((rgb.height - size) / 2.0))
-    array = np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    array = np.asarray(center_crop(resize_short_side(rgb, size), size), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def _to_rgb(image: Any) -> Any:
-    """A PIL image as RGB, transparency composited on white (as in ``serve.preprocess``)."""
-    from PIL import Image
-
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")

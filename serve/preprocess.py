@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from search.images import center_crop, resize_short_side, to_rgb
 from serve.errors import ImageError, ImageTooLargeError
 from serve.metadata import ModelInfo
 
@@ -22,6 +23,9 @@ MAX_PIXELS = 50_000_000
 """Default refusal threshold for decoded images (about 7000 x 7000)."""
 
 ImageSource = str | os.PathLike | bytes | BinaryIO
+
+__all__ = ["MAX_PIXELS", "ImageSource", "center_crop", "load_image", "preprocess",
+           "resize_short_side", "to_rgb", "top_k"]
 
 
 def load_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
@@ -48,7 +52,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS) -> I
         with Image.open(source) as image:
             _check_size(image, label, max_pixels)
             image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+            return to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
     except FileNotFoundError:
@@ -81,29 +85,10 @@ def preprocess(images: Sequence[Image.Image], info: ModelInfo) -> np.ndarray:
     std = np.asarray(info.std, dtype=np.float32).reshape(1, 1, 3)
     arrays = []
     for image in images:
-        crop = center_crop(resize_short_side(_to_rgb(image), info.resize_to), info.image_size)
+        crop = center_crop(resize_short_side(to_rgb(image), info.resize_to), info.image_size)
         pixels = np.asarray(crop, dtype=np.float32) / 255.0
         arrays.append(((pixels - mean) / std).transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
-
-
-def resize_short_side(image: Image.Image, size: int) -> Image.Image:
-    """Resize (bilinear) so the shorter side is ``size``, keeping the aspect ratio."""
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    if short == size:
-        return image
-    new_long = max(1, int(size * long / short))
-    new_size = (size, new_long) if width <= height else (new_long, size)
-    return image.resize(new_size, Image.Resampling.BILINEAR)
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Crop the central ``size x size`` square (the image must be at least that big)."""
-    width, height = image.size
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
 
 
 def top_k(
@@ -126,23 +111,6 @@ def top_k(
 
 def _class_name(class_names: Sequence[str], index: int) -> str:
     return class_names[index] if index < len(class_names) else f"class_{index}"
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = max(float(array.max()), 1.0)
-        scale = 255.0 / (65535.0 if peak > 255 else 255.0)
-        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8))
-    return image.convert("RGB")
 
 
 def _check_size(image: Image.Image, label: str, max_pixels: int | None) -> None:
