@@ -1,8 +1,8 @@
 """Regenerate the bundled sample images (run once; the outputs are committed).
 
 ``python app/samples/make_samples.py`` writes small JPEG/PNG files next to this script
-from the two photos that ship inside scikit-learn (CC BY 2.0, see SOURCE.md) and one
-image drawn here. Nothing is downloaded.
+from the two photos and the 8x8 digits that ship inside scikit-learn (see SOURCE.md) and
+one image drawn here. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from sklearn.datasets import load_sample_images
+from sklearn.datasets import load_digits, load_sample_images
 
 HERE = Path(__file__).resolve().parent
 SIDE = 160
@@ -38,12 +38,27 @@ def _drawn_boat() -> Image.Image:
     return image
 
 
+def _digit(label: int) -> Image.Image:
+    """The last 8x8 digit of class ``label`` in scikit-learn's bundled digits, as 64x64 grey.
+
+    The last images of the set fall in the test split of ``search.data`` (stratified,
+    seed 0) often enough for a demo; they are rendered as the model sees them: light ink
+    on black.
+    """
+    digits = load_digits()
+    index = int(np.flatnonzero(digits.target == label)[-1])
+    pixels = (digits.images[index] / 16.0 * 255).astype(np.uint8)
+    return Image.fromarray(pixels).resize((64, 64), Image.Resampling.NEAREST)
+
+
 def main() -> None:
     china, flower = load_sample_images().images
     _thumb(china).save(HERE / "temple.jpg", quality=88)
     _thumb(flower).save(HERE / "flower.jpg", quality=88)
     _thumb(china, (0, 0, 640, 200)).convert("L").save(HERE / "roof-gray.jpg", quality=88)
     _drawn_boat().save(HERE / "boat-rgba.png")
+    for label in (3, 7):
+        _digit(label).save(HERE / f"digit-{label}.png")
 
 
 if __name__ == "__main__":
