@@ -50,9 +50,20 @@ def _walk(root: Path, depth: int = 0):
 
 
 def discover_models(root: str | Path) -> list[Path]:
-    """Model files under ``root``, newest first (an empty list for a missing folder)."""
+    """Model files under ``root`` (an empty list for a missing folder).
+
+    Newest export folder first; within a folder the fp32 ``model.onnx`` before its fp16 and
+    INT8 siblings and engines, since those pay off on GPUs rather than on a CPU.
+    """
     found = [p for p in islice(_walk(Path(root)), MAX_FILES) if p.suffix.lower() in MODEL_SUFFIXES]
-    return sorted(found, key=lambda p: (-_mtime(p), str(p)))
+    return sorted(found, key=lambda p: (-_mtime(p.parent), _variant_rank(p.name), str(p)))
+
+
+def _variant_rank(name: str) -> int:
+    """0 for a plain ONNX file, 1 for ``*.fp16.onnx``, 2 for ``*.int8.onnx``, 3 for engines."""
+    if name.endswith(".engine"):
+        return 3
+    return 2 if name.endswith(".int8.onnx") else 1 if name.endswith(".fp16.onnx") else 0
 
 
 def _mtime(path: Path) -> float:

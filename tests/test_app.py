@@ -147,7 +147,7 @@ def test_prefers_a_model_this_machine_can_run(monkeypatch, runs, tmp_path):
     os.utime(engine, (time.time() + 60, time.time() + 60))
     at = start(monkeypatch, tmp_path)
     assert_no_traceback(at)
-    assert models.discover_models(tmp_path)[0] == engine
+    assert models.discover_models(tmp_path)[:2] == [run / "model.onnx", engine]
     if "tensorrt" in available_backends():
         pytest.skip("TensorRT is available here, so the engine is runnable")
     assert at.sidebar.selectbox[0].value == run / "model.onnx"
@@ -289,3 +289,15 @@ def test_names_are_shown_literally():
 
     assert md("aquarium_fish") == r"aquarium\_fish"
     assert md("$5 [x](y)*") == r"\$5 \[x\]\(y\)\*"
+
+
+def test_fp32_model_is_listed_before_its_quantized_siblings(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        folder.mkdir()
+        for name in ("model.int8.onnx", "model.onnx", "model.fp16.onnx"):
+            (folder / name).write_bytes(b"x")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    names = [(p.parent.name, p.name) for p in models.discover_models(tmp_path)]
+    assert names == [("new", "model.onnx"), ("new", "model.fp16.onnx"), ("new", "model.int8.onnx"),
+                     ("old", "model.onnx"), ("old", "model.fp16.onnx"), ("old", "model.int8.onnx")]
