@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file in the target directory, then ``os.replace``."""
+"""Atomic file writes (a temp file in the target directory, then ``os.replace``), fresh paths."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def unique_path(base: str | os.PathLike[str]) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ... : the first that does not exist yet."""
+    path, n = Path(base), 1
+    while path.exists():
+        n += 1
+        path = Path(base).with_name(f"{Path(base).name}-{n}")
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

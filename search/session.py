@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from search.atomic import atomic_write_text
+from search.atomic import atomic_write_text, unique_path
 from search.errors import NasdeployError
 from search.history import HISTORY_NAME, read_history
 from search.loop import Evaluator, LoopResult, run_loop
@@ -155,12 +155,7 @@ class SearchResult:
 def new_run_dir(config: SearchConfig, root: str | Path = DEFAULT_RUNS_DIR) -> Path:
     """``runs/<date>-<time>-<strategy>-<dataset>``, made unique with a suffix."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{stamp}-{config.strategy}-{config.dataset}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+    return unique_path(Path(root) / f"{stamp}-{config.strategy}-{config.dataset}")
 
 
 def _settings(config: SearchConfig, data: Any) -> tuple[Any, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from search.atomic import atomic_write_text
+from search.atomic import atomic_write_text, unique_path
 from search.data import DATASETS, DataBundle, load_dataset
 from search.errors import NasdeployError
 from search.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
@@ -73,12 +73,7 @@ def default_out_dir(genotype_arg: str, root: str = "runs") -> Path:
     name = genotype_arg if genotype_arg in REFERENCE_GENOTYPES else path.stem
     if name == "genotype" and path.parent.name:
         name = path.parent.name  # runs/<search>/genotype.json -> the search's name
-    base = Path(root) / f"train-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    return unique_path(Path(root) / f"train-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def train_genotype(settings: FinalTrainSettings, *, progress: bool = True) -> FinalTrainResult:

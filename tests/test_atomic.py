@@ -29,3 +29,12 @@ def test_failure_keeps_the_old_file_and_no_temp(tmp_path):
         raise RuntimeError("interrupted")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_unique_path_appends_a_counter(tmp_path):
+    from search.atomic import unique_path
+
+    assert unique_path(tmp_path / "run") == tmp_path / "run"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run-2").mkdir()
+    assert unique_path(tmp_path / "run") == tmp_path / "run-3"
