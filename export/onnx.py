@@ -6,11 +6,10 @@ Thin command line over :func:`export.onnx_export.export_model`.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from export.onnx_export import ExportConfig, export_model, summary_lines
 from export.quantize import CALIB_METHODS
-from search.errors import NasdeployError
+from search.errors import USER_ERRORS, report_user_error
 from search.onnxio import MIN_OPSET
 
 
@@ -66,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = export_model(config)
-    except NasdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     print("\n".join(summary_lines(result)))
     return 0
 

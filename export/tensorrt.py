@@ -7,10 +7,9 @@ model and prints the plan and the equivalent ``trtexec`` command without TensorR
 from __future__ import annotations
 
 import argparse
-import sys
 
 from export.trt_build import TrtConfig, build_engine, describe_plan, trtexec_command
-from search.errors import NasdeployError
+from search.errors import USER_ERRORS, report_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                        max_batch=args.max_batch, timing_cache=args.timing_cache, dry_run=args.dry_run)
     try:
         plan, sidecar = build_engine(config)
-    except NasdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     print("\n".join(describe_plan(plan)))
     print(f"trtexec equivalent:\n  {trtexec_command(plan)}")
     if sidecar is not None:

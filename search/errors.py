@@ -9,3 +9,24 @@ class NasdeployError(Exception):
     Command-line entry points print ``error: <message>`` and exit with status 2;
     the message must fit on one line and name what to change.
     """
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (NasdeployError, OSError)
+"""What a command-line entry point reports as one line: our errors, and the file system's
+(a missing directory, no permission, a full disk) wherever they surface."""
+
+
+def format_user_error(exc: BaseException) -> str:
+    """One line for a :data:`USER_ERRORS` exception."""
+    if isinstance(exc, OSError) and not isinstance(exc, NasdeployError):
+        reason = exc.strerror or type(exc).__name__
+        return f"{reason}: {exc.filename}" if exc.filename else reason
+    return " ".join(str(exc).split())
+
+
+def report_user_error(exc: BaseException) -> int:
+    """Print ``error: <one line>`` on stderr; return the exit status for bad input (2)."""
+    import sys
+
+    print(f"error: {format_user_error(exc)}", file=sys.stderr)
+    return 2

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from search.errors import NasdeployError
+from search.errors import USER_ERRORS, NasdeployError, report_user_error
 
 
 @dataclass(frozen=True)
@@ -178,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     config = InfoConfig(args.genotype, args.variant, args.image_size, args.num_classes, args.json, args.draw)
     try:
         info = inspect_genotype(config)
-    except NasdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     print(json.dumps(info.to_dict()) if config.as_json else format_info(info))
     if config.draw and not config.as_json:
         print(f"picture:   {config.draw}")

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from search.errors import NasdeployError
+from search.errors import USER_ERRORS, NasdeployError, report_user_error
 
 RESUME_FLAGS = {"resume", "trials", "time_budget", "no_progress"}
 
@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     given = _given(args)
     try:
         result = _run(given)
-    except NasdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     except KeyboardInterrupt:
         config = given.get("_config")
         run_dir = given.get("resume") or getattr(config, "out", None)

@@ -21,7 +21,7 @@ import torch
 
 from search.atomic import atomic_write_text, unique_path
 from search.data import DATASETS, DataBundle, load_dataset
-from search.errors import NasdeployError
+from search.errors import USER_ERRORS, NasdeployError, report_user_error
 from search.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
 from search.training import (
     DivergedError,
@@ -279,9 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         result = train_genotype(settings, progress=not args.no_progress)
-    except NasdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     except KeyboardInterrupt:
         out = settings.out if settings is not None else args.out
         print(f"interrupted; continue with: python -m search.train {args.genotype} --resume "

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from search.atomic import atomic_write_text
-from search.errors import NasdeployError
+from search.errors import USER_ERRORS, report_user_error
 from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime
 
 MIN_ITERS = 5
@@ -221,16 +221,18 @@ def main(argv: list[str] | None = None) -> int:
                          args.warmup, args.iters, args.seconds)
     try:
         runtime = load_runtime(config.model, config.backend, config.device)
-    except NasdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     stderr = Console(stderr=True)
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task("benchmarking", total=len(config.batch_sizes))
         report = bench_runtime(runtime, config, progress=lambda n: bar.advance(task))
     render(report, Console())
     if args.json_path:
-        atomic_write_text(args.json_path, json.dumps(report, indent=2) + "\n")
+        try:
+            atomic_write_text(args.json_path, json.dumps(report, indent=2) + "\n")
+        except OSError as exc:
+            return report_user_error(exc)
     return 0
 
 

@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from search.errors import NasdeployError
+from search.errors import USER_ERRORS, NasdeployError, report_user_error
 from serve.errors import ImageError, ImageTooLargeError
 from serve.preprocess import MAX_PIXELS, load_image
 from serve.runtime import BACKENDS, DEVICES, Runtime, classify, load_runtime
@@ -282,9 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.backend, args.device)
     try:
         serve(config)
-    except NasdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     except KeyboardInterrupt:
         pass
     return 0

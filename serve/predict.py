@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.errors import NasdeployError
+from search.errors import USER_ERRORS, report_user_error
 from serve.preprocess import load_image
 from serve.runtime import BACKENDS, DEVICES, classify, load_runtime
 
@@ -88,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     config = PredictConfig(args.model, args.images, args.top_k, args.backend, args.device)
     try:
         result = run_predict(config)
-    except NasdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
