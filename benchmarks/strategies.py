@@ -41,9 +41,10 @@ from search.data import DataBundle, load_dataset  # noqa: E402
 from search.evaluate import ChildSettings, evaluate_child  # noqa: E402
 from search.genotype import Genotype  # noqa: E402
 from search.latency import LatencyMeter, LatencySettings, time_onnx  # noqa: E402
-from search.loop import Evaluator, best_feasible, run_loop  # noqa: E402
+from search.loop import Evaluator, run_loop  # noqa: E402
 from search.model import build_model  # noqa: E402
 from search.onnxio import export_onnx  # noqa: E402
+from search.report import select_best  # noqa: E402
 from search.reward import RewardConfig, parse_latency  # noqa: E402
 from search.space import SearchSpace  # noqa: E402
 from search.strategy import StrategyConfig, create_strategy  # noqa: E402
@@ -100,7 +101,8 @@ def run_one(strategy: str, seed: int, data: DataBundle, evaluator: Evaluator,
                             population_size=args.rl_batch)
     loop = run_loop(create_strategy(strategy, config), evaluator, run_dir,
                     max_trials=args.trials, progress=not args.no_progress)
-    best = best_feasible(loop.records)
+    selection = select_best(loop.records)
+    best = selection.record if selection is not None and selection.feasible else None
     ok = [r for r in loop.records if r.status == "ok"]
     return {"strategy": strategy, "seed": seed, "trials": len(loop.records),
             "best_feasible_accuracy": best and round(best.accuracy, 4),

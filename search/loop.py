@@ -26,6 +26,7 @@ from search.errors import NasdeployError
 from search.genotype import Genotype
 from search.history import HISTORY_NAME, TrialRecord, append_record, repair_history, utc_now
 from search.latency import MeasurementError
+from search.report import select_best
 from search.reward import RewardConfig, is_feasible, mnas_reward
 from search.strategy import Outcome, Strategy
 
@@ -109,17 +110,13 @@ def _reuse(earlier: TrialRecord, trial: int, strategy: str, start: float) -> Tri
         finished_at=utc_now())
 
 
-def best_feasible(records: list[TrialRecord]) -> TrialRecord | None:
-    """The feasible ``ok`` record with the highest accuracy (ties: lower latency)."""
-    ok = [r for r in records if r.feasible and r.status == "ok"]
-    return max(ok, key=lambda r: (r.accuracy, -(r.latency_ms or 0.0)), default=None)
-
-
 def _postfix(records: list[TrialRecord]) -> str:
-    best = best_feasible(records)
-    if best is None:
-        timed = [r.latency_ms for r in records if r.latency_ms is not None]
-        return "best feasible: none yet" + (f" (fastest {min(timed):.2f} ms)" if timed else "")
+    selection = select_best(records)
+    if selection is None:
+        return "best feasible: none yet"
+    best = selection.record
+    if not selection.feasible:
+        return f"best feasible: none yet (fastest {best.latency_ms:.2f} ms)"
     return f"best feasible: acc {best.accuracy:.3f} @ {best.latency_ms:.2f} ms"
 
 

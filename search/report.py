@@ -66,11 +66,17 @@ def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
 
 
 def select_best(records: Sequence[TrialRecord]) -> Selection | None:
-    """Highest accuracy among feasible candidates, else the fastest; ``None`` if none ran."""
+    """Highest accuracy among feasible candidates, else the fastest; ``None`` if none ran.
+
+    The fallback prefers children that trained: a diverged or failed child is picked only
+    when no candidate trained at all, since its genotype is what training starts from.
+    """
     feasible = [r for r in _measured(records) if r.feasible]
     if feasible:
         return Selection(max(feasible, key=lambda r: (r.accuracy, -r.latency_ms)), True)
-    timed = [r for r in records if r.latency_ms is not None and r.duplicate_of is None]
+    timed = _measured(records) or [
+        r for r in records if r.latency_ms is not None and r.duplicate_of is None
+    ]
     if not timed:
         return None
     return Selection(min(timed, key=lambda r: (r.latency_ms, -r.accuracy)), False)

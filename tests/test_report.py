@@ -55,6 +55,15 @@ def test_falls_back_to_the_fastest_and_says_so_when_nothing_is_feasible():
     assert "NO candidate met the budget" in text
 
 
+def test_fallback_skips_children_that_did_not_train():
+    records = [_rec(0, 0.0, 3.0, False, status="diverged"), _rec(1, 0.8, 7.0, False),
+               _rec(2, 0.0, 2.0, False, status="failed")]
+    best = select_best(records)
+    assert best is not None and best.record.trial == 1
+    only_broken = [_rec(0, 0.0, 3.0, False, status="diverged")]
+    assert select_best(only_broken).record.trial == 0
+
+
 def test_no_evaluated_candidate_selects_nothing():
     assert select_best([_rec(0, 0.0, None, False, status="failed")]) is None
 
