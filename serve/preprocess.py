@@ -85,6 +85,7 @@ def preprocess(images: Sequence[Image.Image], info: ModelInfo) -> np.ndarray:
     std = np.asarray(info.std, dtype=np.float32).reshape(1, 1, 3)
     arrays = []
     for image in images:
+        _check_resized_size(image, info.resize_to)
         crop = center_crop(resize_short_side(to_rgb(image), info.resize_to), info.image_size)
         pixels = np.asarray(crop, dtype=np.float32) / 255.0
         arrays.append(((pixels - mean) / std).transpose(2, 0, 1))
@@ -120,6 +121,22 @@ def _check_size(image: Image.Image, label: str, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLargeError(
             f"{label} is {width}x{height} pixels, more than the limit of {max_pixels}"
+        )
+
+
+def _check_resized_size(image: Image.Image, resize_to: int) -> None:
+    """Refuse images whose short-side resize would exceed :data:`MAX_PIXELS`.
+
+    A 1 x 5,000,000 strip is a small file, but scaling its short side to 224 px would
+    need a billion pixels before the centre crop.
+    """
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    resized = resize_to * max(1, int(resize_to * long / max(short, 1)))
+    if resized > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"a {width}x{height} image is too elongated: resizing its short side to {resize_to} px "
+            f"would need {resized:,} pixels (limit {MAX_PIXELS:,})"
         )
 
 

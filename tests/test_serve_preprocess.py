@@ -114,3 +114,13 @@ def test_top_k_orders_clips_and_names():
     ]
     assert len(top_k(probs, ["a", "b", "c"], k=10)[0]) == 3
     assert top_k(probs[0], ["a"], k=1) == [[("class_1", pytest.approx(0.6))]]
+
+
+def test_elongated_images_are_refused_before_resizing():
+    from serve.metadata import ModelInfo
+
+    info = ModelInfo(image_size=224, mean=[0.5] * 3, std=[0.5] * 3, class_names=["a"])
+    strip = Image.new("L", (1, 4000))
+    with pytest.raises(ImageTooLargeError, match="too elongated"):
+        preprocess([strip], info)
+    assert preprocess([Image.new("RGB", (300, 224))], info).shape == (1, 3, 224, 224)
