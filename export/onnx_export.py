@@ -436,12 +436,22 @@ def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, 
 
 
 def _remove_stale(final: Path, written: dict[str, Path], log: Any) -> None:
-    """Drop ``model.fp16/int8.onnx`` left by an earlier export: they no longer match."""
+    """Drop ``model.fp16/int8.onnx`` and TensorRT engines left by an earlier export.
+
+    They were derived from the previous ``model.onnx`` and no longer match it; a runtime
+    would otherwise serve the old weights under the new metadata.
+    """
+    from serve.trt_backend import sidecar_path
+
     for precision in ("fp16", "int8"):
         old = variant_path(final, precision)
         if precision not in written and old.exists():
             old.unlink()
             log(f"removed stale {old.name} (derived from an earlier export)")
+    for engine in sorted(final.parent.glob(f"{final.stem}*.engine")):
+        engine.unlink()
+        sidecar_path(engine).unlink(missing_ok=True)
+        log(f"removed stale {engine.name} (built from an earlier export; rebuild it)")
 
 
 def _report(config: ExportConfig, loaded: LoadedModel, final: Path, info: ModelInfo,

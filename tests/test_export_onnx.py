@@ -100,6 +100,19 @@ def test_genotype_export_warns_about_random_weights_and_fixes_the_batch(tmp_path
     assert [r["batch"] for r in report["verification"]["batches"]] == [3]
 
 
+def test_reexport_removes_engines_built_from_the_old_model(tmp_path, capsys):
+    out = tmp_path / "lite"
+    argv = ["lite", "--variant", SCALE, "--image-size", "16", "--out", str(out)]
+    assert main(argv) == 0
+    for name in ("model.engine", "model.int8.engine"):
+        (out / name).write_bytes(b"engine built from the first export")
+        (out / f"{name}.json").write_text("{}")
+    (out / "other.engine").write_bytes(b"not ours")
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.glob("*engine*")) == ["other.engine"]
+    assert "removed stale model.engine" in capsys.readouterr().out
+
+
 def test_genotype_with_matching_weights_exports_the_checkpoint(tmp_path, exported):
     ckpt, _, _ = exported
     assert main(["nasnet-a", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 0
