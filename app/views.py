@@ -171,6 +171,11 @@ def model_card_tab(runtime: Runtime | None, choice: ModelChoice) -> None:
     if runtime is None:
         st.info(NO_MODEL, icon=":material/info:")
         return
+    with friendly_errors("the model card"):
+        _model_card(runtime, choice)
+
+
+def _model_card(runtime: Runtime, choice: ModelChoice) -> None:
     info = runtime.info
     latency = models.model_latency(runtime, choice.backend or "auto")
     cols = st.columns(6)
