@@ -39,21 +39,29 @@ class OptunaStrategy(Strategy):
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         raise NotImplementedError
 
-    def _storage(self) -> str | None:
+    def _storage(self) -> optuna.storages.RDBStorage | None:
+        """SQLite storage in the run directory (``None``: in memory, for tests)."""
         run_dir = self.config.run_dir
         if run_dir is None:
             return None
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{Path(run_dir) / STUDY_FILE}"
+        return optuna.storages.RDBStorage(f"sqlite:///{Path(run_dir) / STUDY_FILE}")
+
+    def close(self) -> None:
+        """Close the SQLite connections of the study's storage."""
+        if self.storage is not None:
+            self.storage.engine.dispose()
 
     def _open_study(self, seed: int) -> optuna.Study:
+        self.storage = self._storage()
         study = optuna.create_study(
-            storage=self._storage(), sampler=self._sampler(seed), study_name=STUDY_NAME,
+            storage=self.storage, sampler=self._sampler(seed), study_name=STUDY_NAME,
             directions=list(self.directions), load_if_exists=True)
         wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                   else optuna.study.StudyDirection.MINIMIZE for d in self.directions]
         if list(study.directions) != wanted:
-            raise NasdeployError(f"{self._storage()} holds a study with other objectives; "
+            where = Path(str(self.config.run_dir)) / STUDY_FILE
+            raise NasdeployError(f"{where} holds a study with other objectives; "
                                  f"resume it with the strategy that created it")
         return study
 

@@ -123,3 +123,19 @@ def test_optuna_resume_tells_recorded_trials_and_fails_unfinished_ones(name, tmp
     nxt = second.propose()
     assert second.study.trials[nxt.info["number"]].user_attrs["loop_trial"] == 3
     assert (tmp_path / "study.db").exists()
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "nsga2"])
+def test_close_releases_the_study_database(tmp_path, name):
+    import os
+
+    database = os.path.realpath(tmp_path / "study.db")
+
+    def open_handles() -> int:
+        return sum(os.path.realpath(f"/proc/self/fd/{fd}") == database for fd in os.listdir("/proc/self/fd"))
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to count open files")
+    _drive(name, seed=0, n=3, tmp_path=tmp_path)  # proposes, observes and closes
+    assert (tmp_path / "study.db").is_file()
+    assert open_handles() == 0
