@@ -11,6 +11,13 @@ class NasdeployError(Exception):
     """
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, shortened to ``limit`` characters."""
+    text = str(exc).strip().splitlines()
+    message = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (NasdeployError, OSError)
 """What a command-line entry point reports as one line: our errors, and the file system's
 (a missing directory, no permission, a full disk) wherever they surface."""

@@ -19,7 +19,7 @@ import torch
 
 from search.cost import count_params
 from search.data import DataBundle, ImageTensorDataset
-from search.errors import NasdeployError
+from search.errors import NasdeployError, one_line
 from search.genotype import Genotype
 from search.training import (
     DivergedError,
@@ -154,13 +154,6 @@ def _proxy_splits(data: DataBundle, settings: ChildSettings
     if size is not None and size != data.image_size:
         train, val = train.resized(size), val.resized(size)
     return train, val
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message``, shortened to ``limit`` characters."""
-    text = str(exc).strip().splitlines()
-    message = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def _since(start: float) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from search.errors import NasdeployError
+from search.errors import NasdeployError, one_line
 from search.genotype import Genotype
 
 
@@ -137,8 +137,6 @@ class LatencyMeter:
         except NasdeployError:
             raise
         except Exception as exc:  # one candidate's failure, reported on one line
-            from search.evaluate import one_line
-
             raise MeasurementError(f"cannot measure latency: {one_line(exc)}") from None
         self.measurements += 1
         return DeploymentCost(

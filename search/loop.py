@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from search.errors import NasdeployError
+from search.errors import NasdeployError, one_line
 from search.genotype import Genotype
 from search.history import HISTORY_NAME, TrialRecord, append_record, repair_history, utc_now
 from search.latency import MeasurementError
@@ -85,7 +85,7 @@ def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
     except NasdeployError:
         raise
     except Exception as exc:  # noqa: BLE001 - a child that cannot be built or timed
-        fields["error"] = f"latency: {type(exc).__name__}: {exc}".splitlines()[0][:500]
+        fields["error"] = f"latency: {one_line(exc)}"
     if fields["error"] is None and not math.isfinite(fields["latency_ms"]):
         fields.update(latency_ms=None, error="latency: not a finite number")
     if fields["error"] is None:
