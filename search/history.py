@@ -93,8 +93,8 @@ def _split(path: Path) -> tuple[list[TrialRecord], int]:
             if is_last:  # no newline after it: the write was cut short
                 raise ValueError("torn line")
             records.append(TrialRecord.from_dict(json.loads(raw)))
-        except (ValueError, TypeError) as exc:
-            if is_last or (number == len(lines) - 1 and not lines[-1]):
+        except (ValueError, TypeError, AttributeError) as exc:
+            if is_last:  # only a line without its newline can be a cut-short append
                 return records, offset
             raise NasdeployError(f"{path}: line {number} is corrupt ({exc})") from None
         offset += len(raw) + 1
