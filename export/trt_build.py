@@ -25,6 +25,7 @@ from typing import Any
 from search.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from search.errors import NasdeployError
 from serve.metadata import ModelInfo, ModelInfoError
+from serve.trt_backend import sidecar_path
 
 INSTALL_HINT = "pip install 'nasdeploy[gpu]' on a machine with an NVIDIA GPU and its CUDA driver"
 SIDECAR_FORMAT = "nasdeploy-engine"
@@ -72,11 +73,13 @@ class BuildPlan:
     workspace_mb: int
     timing_cache: Path | None
     derived: list[str] = field(default_factory=list)
+    source: Path | None = None
+    """The fp32 ONNX a derived model is made from (``None`` when nothing is derived)."""
 
     @property
     def sidecar(self) -> Path:
-        """``model.engine`` -> ``model.engine.json`` (what ``serve`` reads)."""
-        return self.engine.with_name(self.engine.name + ".json")
+        """``model.engine`` -> ``model.engine.json`` (the name ``serve`` looks for)."""
+        return sidecar_path(self.engine)
 
 
 # --- planning (no TensorRT needed) ----------------------------------------------------------
@@ -161,7 +164,8 @@ def plan_build(config: TrtConfig) -> BuildPlan:
     engine = _engine_path(config.out, onnx_path)
     cache = Path(config.timing_cache).expanduser() if config.timing_cache else None
     return BuildPlan(onnx_path, engine, replace(info, precision=precision), precision, profile,
-                     config.workspace_mb, cache, [onnx_path.name] if derive else [])
+                     config.workspace_mb, cache, [onnx_path.name] if derive else [],
+                     given if derive else None)
 
 
 def _engine_path(out: str | None, onnx_path: Path) -> Path:
@@ -197,7 +201,7 @@ def describe_plan(plan: BuildPlan) -> list[str]:
     p = plan.profile
     batch = (f"batch {p.min[0]}/{p.opt[0]}/{p.max[0]} (min/opt/max)" if p.dynamic
              else f"fixed batch {p.min[0]}")
-    derived = f" (derived on the CPU from {plan.onnx.name.replace('.fp16', '')})" if plan.derived else ""
+    derived = f" (derived on the CPU from {plan.source.name})" if plan.source else ""
     return [f"model:     {plan.onnx}{derived}",
             f"precision: {plan.precision} (from the model; strongly typed network)",
             f"profile:   {p.input_name} {_shape_text(p.opt)}, {batch}",
@@ -224,15 +228,19 @@ def missing_requirement() -> str | None:
     return None
 
 
-def derive_fp16(plan: BuildPlan) -> None:
-    """Write the fp16 ONNX the plan consumes (from its fp32 sibling), atomically."""
-    from export.onnx_export import write_metadata
-    from export.quantize import convert_fp16
+def derive_fp16(plan: BuildPlan) -> dict[str, Any]:
+    """Write the fp16 ONNX the plan consumes from its fp32 source, atomically.
 
-    source = plan.onnx.with_name(plan.onnx.name.replace(".fp16", ""))
+    Goes through the same checks as ``export.onnx --fp16`` (onnx.checker, metadata,
+    agreement with the fp32 model on seeded inputs); returns that comparison.
+    """
+    from export.quantize import make_fp16, random_inputs
+
+    if plan.source is None:
+        raise NasdeployError(f"{plan.onnx.name} is not derived from another model")
+    fixed = None if plan.profile.dynamic else plan.profile.min[0]
     with atomic_path(plan.onnx) as tmp:
-        convert_fp16(source, tmp)
-        write_metadata(tmp, plan.info)
+        return make_fp16(plan.source, tmp, plan.info, random_inputs(plan.info), fixed)
 
 
 def build_engine(config: TrtConfig) -> tuple[BuildPlan, dict[str, Any] | None]:
@@ -243,7 +251,7 @@ def build_engine(config: TrtConfig) -> tuple[BuildPlan, dict[str, Any] | None]:
     problem = missing_requirement()
     if problem:
         raise NasdeployError(problem)
-    if plan.derived:
+    if plan.source is not None:
         derive_fp16(plan)
     import tensorrt as trt
 

@@ -15,6 +15,8 @@ from export.trt_build import (
     TrtConfig,
     build_engine,
     choose_onnx,
+    derive_fp16,
+    describe_plan,
     missing_requirement,
     plan_build,
     profile_shapes,
@@ -135,3 +137,14 @@ def test_engine_builds_and_matches_onnxruntime(model_dir, tmp_path, precision):
     got = load_trt(plan.engine).predict(x)
     tolerance = {"fp32": 1e-3, "fp16": 2e-2, "int8": 1e-1}[precision]
     assert np.abs(got - expected).max() <= tolerance
+
+
+def test_fp16_model_for_an_engine_is_derived_with_the_export_checks(model_dir):
+    fp16 = model_dir / "model.fp16.onnx"
+    fp16.unlink(missing_ok=True)
+    plan = plan_build(TrtConfig(onnx=str(model_dir / "model.onnx"), fp16=True, dry_run=True))
+    assert plan.source == model_dir / "model.onnx" and plan.onnx == fp16
+    comparison = derive_fp16(plan)
+    assert comparison["top1_agreement"] >= 0.9
+    assert ModelInfo.from_onnx(fp16).precision == "fp16"
+    assert "derived on the CPU from model.onnx" in "\n".join(describe_plan(plan))
