@@ -48,6 +48,23 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(handle.fileno())
 
 
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append ``line`` and a newline durably (write, flush, fsync).
+
+    If a killed writer left the file ending in a partial line, that fragment is closed
+    with a newline first, so it cannot swallow this line; readers skip the fragment.
+    """
+    with open(path, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        prefix = b""
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            prefix = b"" if handle.read(1) == b"\n" else b"\n"
+        handle.write(prefix + line.encode("utf-8") + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from search.atomic import append_line
 from search.errors import NasdeployError
 from search.genotype import Genotype
 
@@ -69,11 +70,7 @@ def utc_now() -> str:
 
 def append_record(path: str | os.PathLike[str], record: TrialRecord) -> None:
     """Append one line durably (write, flush, fsync)."""
-    line = json.dumps(record.to_dict(), sort_keys=True, allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_line(path, json.dumps(record.to_dict(), sort_keys=True, allow_nan=False))
 
 
 def _split(path: Path) -> tuple[list[TrialRecord], int]:

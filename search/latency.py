@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from search.atomic import append_line
 from search.errors import NasdeployError, one_line
 from search.genotype import Genotype
 
@@ -163,10 +164,7 @@ class LatencyMeter:
             return
         entry = {"genotype": key, "settings": self._fingerprint, "cost": asdict(cost)}
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.cache_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(self.cache_path, json.dumps(entry, sort_keys=True))
 
 
 def _fingerprint(settings: LatencySettings, image_size: int) -> dict[str, Any]:

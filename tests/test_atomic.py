@@ -38,3 +38,14 @@ def test_unique_path_appends_a_counter(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run-2").mkdir()
     assert unique_path(tmp_path / "run") == tmp_path / "run-3"
+
+
+def test_append_line_closes_a_torn_fragment_first(tmp_path):
+    from search.atomic import append_line
+
+    path = tmp_path / "log.jsonl"
+    append_line(path, '{"a": 1}')
+    with open(path, "ab") as handle:
+        handle.write(b'{"b": 2, "cut sho')  # a writer killed mid-line
+    append_line(path, '{"c": 3}')
+    assert path.read_text().splitlines() == ['{"a": 1}', '{"b": 2, "cut sho', '{"c": 3}']
