@@ -136,11 +136,6 @@ OP_NAMES: tuple[str, ...] = tuple(OPS)
 COMBINES: tuple[str, ...] = ("add", "concat")
 """How a block joins its two op outputs."""
 
-PARAMETER_FREE_OPS = frozenset(
-    {"identity", "avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7"}
-)
-"""Ops without weights at stride 1 (drop-path is not applied to ``identity``)."""
-
 
 def build_op(name: str, channels: int, stride: int) -> nn.Module:
     """Instantiate registry op ``name``; ``KeyError`` names the valid choices."""

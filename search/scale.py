@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 
 from search.errors import NasdeployError
 
-LAYOUTS = ("cifar", "imagenet")
 _N_AT_F = re.compile(r"^\s*(\d+)\s*@\s*(\d+)\s*$")
 
 
