@@ -25,7 +25,7 @@ from typing import Any
 from search.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from search.errors import NasdeployError
 from serve.metadata import ModelInfo, ModelInfoError
-from serve.trt_backend import sidecar_path
+from serve.trt_backend import import_cudart, sidecar_path
 
 INSTALL_HINT = "pip install 'nasdeploy[gpu]' on a machine with an NVIDIA GPU and its CUDA driver"
 SIDECAR_FORMAT = "nasdeploy-engine"
@@ -293,12 +293,9 @@ def _build_serialized(trt: Any, plan: BuildPlan) -> tuple[bytes, bytes]:
 def gpu_name() -> str:
     """Name of CUDA device 0, from cuda-python or torch; ``unknown`` if neither can tell."""
     try:
-        from cuda.bindings import runtime as cudart
+        cudart = import_cudart()
     except ImportError:
-        try:
-            from cuda import cudart  # type: ignore[no-redef]
-        except ImportError:
-            cudart = None
+        cudart = None
     if cudart is not None:
         err, props = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:

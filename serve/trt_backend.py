@@ -37,7 +37,7 @@ def missing_dependencies() -> list[str]:
     except Exception:
         missing.append("the `tensorrt` Python package")
     try:
-        cudart = _import_cudart()
+        cudart = import_cudart()
     except ImportError:
         missing.append("CUDA bindings (`cuda-python`)")
         return missing
@@ -65,7 +65,7 @@ def load(path: Path, device: str = "auto") -> TrtRuntime:
         raise ServeError(f"{exc} (every engine needs its {sidecar_path(path).name})") from None
     import tensorrt as trt
 
-    return TrtRuntime(path, info, trt, _import_cudart())
+    return TrtRuntime(path, info, trt, import_cudart())
 
 
 class TrtRuntime(Runtime):
@@ -191,7 +191,8 @@ class TrtRuntime(Runtime):
         return int(low[0]), int(high[0])
 
 
-def _import_cudart() -> ModuleType:
+def import_cudart() -> ModuleType:
+    """The CUDA runtime bindings of cuda-python (new or old module layout)."""
     for name in ("cuda.bindings.runtime", "cuda.cudart"):
         try:
             return importlib.import_module(name)
