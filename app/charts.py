@@ -44,14 +44,14 @@ def genotype_key(genotype: dict[str, Any]) -> str:
 
 @st.cache_data(show_spinner="Drawing cells…", max_entries=32)
 def genotype_png(genotype_json: str) -> bytes:
-    """PNG of both cells, drawn by ``search.draw`` (the same picture as ``search.info --draw``).
+    """PNG of both cells, drawn by ``search.space.draw`` (the same picture as ``search.info --draw``).
 
     Raises:
-        ImportError: ``search.draw`` is not installed.
+        ImportError: ``search.space.draw`` is not installed.
         NasdeployError: The genotype is invalid.
     """
-    from search.draw import draw_genotype
-    from search.genotype import genotype_from_json
+    from search.space.draw import draw_genotype
+    from search.space.genotype import genotype_from_json
 
     buffer = io.BytesIO()
     draw_genotype(genotype_from_json(genotype_json), buffer, fmt="png")

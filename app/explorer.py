@@ -3,7 +3,7 @@
 Everything here reads a run directory (``trials.jsonl``, ``genotype.json``,
 ``pareto.json``, ``config.json``) and returns plain data or Altair charts; the page
 code in :mod:`app.views` only displays them. The Pareto front and the selected trial
-come from :mod:`search.report`, so the app and ``summary.md`` always agree.
+come from :mod:`search.experiment.report`, so the app and ``summary.md`` always agree.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from search.errors import NasdeployError
-from search.history import HISTORY_NAME, TrialRecord, read_history
-from search.report import GENOTYPE_NAME, PARETO_JSON, pareto_front
-from search.reward import parse_latency
+from search.core.errors import NasdeployError
+from search.core.units import parse_latency
+from search.experiment.report import GENOTYPE_NAME, PARETO_JSON
+from search.trials.history import HISTORY_NAME, TrialRecord, read_history
+from search.trials.selection import pareto_front
 
 CONFIG_NAME = "config.json"
 BUDGET_KEYS = ("latency_budget_ms", "latency_budget", "budget_ms")

@@ -1,6 +1,6 @@
 """Page sections of the demo: sidebar model picker, Classify and Model card tabs.
 
-Each section turns known errors (:class:`~search.errors.NasdeployError`, which covers
+Each section turns known errors (:class:`~search.core.errors.NasdeployError`, which covers
 ``ServeError`` and ``ImageError``) into a one-line ``st.error`` / ``st.warning``.
 """
 
@@ -17,7 +17,7 @@ from PIL import Image
 
 from app import models
 from app.charts import genotype_key, genotype_png, topk_chart
-from search.errors import NasdeployError
+from search.core.errors import NasdeployError
 from serve.errors import ImageError
 from serve.metadata import ModelInfo
 from serve.preprocess import load_image
@@ -217,6 +217,6 @@ def show_cells(genotype: dict | None, title: str | None = "Cells") -> None:
         try:
             st.image(genotype_png(genotype_key(genotype)), width="stretch")
         except ImportError:
-            st.warning("Drawing cells needs `search.draw`, which is missing.", icon=":material/warning:")
+            st.warning("Drawing cells needs matplotlib, which is missing.", icon=":material/warning:")
     with st.expander("Genotype JSON"):
         st.json(genotype)

@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from export.onnx_export import compare_outputs, run_session  # noqa: E402
 from export.quantize import quantize_qdq  # noqa: E402
-from search.atomic import atomic_write_text  # noqa: E402
-from search.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype, load_genotype  # noqa: E402
-from search.model import build_model  # noqa: E402
-from search.onnxio import export_onnx, ort_session  # noqa: E402
+from search.core.atomic import atomic_write_text  # noqa: E402
+from search.nn.model import build_model  # noqa: E402
+from search.nn.onnxio import export_onnx, ort_session  # noqa: E402
+from search.space.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype, load_genotype  # noqa: E402
 
 DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10.npz"
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -152,7 +152,7 @@ def checkpoint_case(path: Path, args: argparse.Namespace) -> Case:
     """A trained checkpoint, compared on its dataset's held-out split (with accuracy)."""
     from export.onnx_export import LoadedModel, model_info
     from export.quantize import load_images
-    from search.checkpoint import load_checkpoint
+    from search.nn.checkpoint import load_checkpoint
 
     model, spec, _ = load_checkpoint(path)
     info = model_info(LoadedModel(model, spec, path.parent.name, True))

@@ -2,7 +2,7 @@
 
 Every strategy runs the same number of trials with the same child settings (proxy scale,
 epochs, training subset, child seed) and the same latency model, for several strategy
-seeds, through the same :func:`search.loop.run_loop` as ``python -m search.run``. The
+seeds, through the same :func:`search.experiment.loop.run_loop` as ``python -m search.run``. The
 data is the CIFAR-10 copy in ``../shared/data/cifar10/cifar10.npz`` when present (digits
 otherwise). Output: a table of the best feasible validation accuracy and its latency per
 strategy and seed, and a JSON file. Each (strategy, seed) run lives in its own run
@@ -35,19 +35,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.atomic import atomic_write_text  # noqa: E402
-from search.cost import count_macs  # noqa: E402
-from search.data import DataBundle, load_dataset  # noqa: E402
-from search.evaluate import ChildSettings, evaluate_child  # noqa: E402
-from search.genotype import Genotype  # noqa: E402
-from search.latency import LatencyMeter, LatencySettings, time_onnx  # noqa: E402
-from search.loop import Evaluator, run_loop  # noqa: E402
-from search.model import build_model  # noqa: E402
-from search.onnxio import export_onnx  # noqa: E402
-from search.report import select_best  # noqa: E402
-from search.reward import RewardConfig, parse_latency  # noqa: E402
-from search.space import SearchSpace  # noqa: E402
-from search.strategy import StrategyConfig, create_strategy  # noqa: E402
+from search.core.atomic import atomic_write_text  # noqa: E402
+from search.core.units import parse_latency  # noqa: E402
+from search.data.datasets import DataBundle, load_dataset  # noqa: E402
+from search.evaluation.latency import LatencyMeter, LatencySettings, time_onnx  # noqa: E402
+from search.evaluation.proxy import ChildSettings, evaluate_child  # noqa: E402
+from search.evaluation.reward import RewardConfig  # noqa: E402
+from search.experiment.loop import Evaluator, run_loop  # noqa: E402
+from search.nn.cost import count_macs  # noqa: E402
+from search.nn.model import build_model  # noqa: E402
+from search.nn.onnxio import export_onnx  # noqa: E402
+from search.space.genotype import Genotype  # noqa: E402
+from search.space.searchspace import SearchSpace  # noqa: E402
+from search.strategies.base import StrategyConfig, create_strategy  # noqa: E402
+from search.trials.selection import select_best  # noqa: E402
 
 DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10.npz"
 

@@ -9,8 +9,8 @@ import argparse
 
 from export.onnx_export import ExportConfig, export_model, summary_lines
 from export.quantize import CALIB_METHODS
-from search.errors import USER_ERRORS, report_user_error
-from search.onnxio import MIN_OPSET
+from search.core.errors import USER_ERRORS, report_user_error
+from search.nn.onnxio import MIN_OPSET
 
 
 def _batch(text: str) -> int | None:

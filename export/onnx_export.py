@@ -1,7 +1,7 @@
 """Export a genotype or a trained checkpoint to a verified, self-describing ONNX file.
 
 One call, :func:`export_model`, does the whole job: rebuild the network, export it with
-``search.onnxio.export_onnx``, simplify it with onnxslim (kept only if ONNX Runtime gives
+``search.nn.onnxio.export_onnx``, simplify it with onnxslim (kept only if ONNX Runtime gives
 the same outputs), run the full ``onnx.checker`` and strict shape inference, write the
 :class:`serve.metadata.ModelInfo` into ``metadata_props``, compare ONNX Runtime with
 PyTorch at batch 1 and a larger batch, optionally derive fp16 / int8 models, and publish
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.checkpoint import ModelSpec, load_checkpoint
-from search.cost import count_macs, count_params
-from search.errors import NasdeployError
-from search.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
-from search.onnxio import INPUT_NAME, MIN_OPSET, export_onnx, ort_session
-from search.scale import parse_scale
+from search.core.errors import NasdeployError
+from search.nn.checkpoint import ModelSpec, load_checkpoint
+from search.nn.cost import count_macs, count_params
+from search.nn.onnxio import INPUT_NAME, MIN_OPSET, export_onnx, ort_session
+from search.space.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
+from search.space.scale import parse_scale
 from serve.metadata import ModelInfo
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from export.onnx_export import compare_outputs, open_session, run_session, warn, write_metadata
-from search.errors import NasdeployError
+from search.core.errors import NasdeployError
 from serve.metadata import ModelInfo, ModelInfoError
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -115,7 +115,7 @@ def normalise(images_uint8: Any, info: ModelInfo) -> np.ndarray:
 
 def dataset_arguments(calib_data: str, data_dir: str | None) -> tuple[str, str | None]:
     """``--calib-data`` as (dataset name, data dir): a dataset name, or an image folder."""
-    from search.data import DATASETS
+    from search.data.datasets import DATASETS
 
     if calib_data.strip().lower() in DATASETS:
         return calib_data.strip().lower(), data_dir
@@ -130,7 +130,7 @@ def load_images(calib_data: str, data_dir: str | None, info: ModelInfo, calib_si
     """Calibration images from the training split, held-out ones from test (or validation)."""
     import torch
 
-    from search.data import load_dataset
+    from search.data.datasets import load_dataset
 
     name, folder = dataset_arguments(calib_data, data_dir)
     bundle = load_dataset(name, folder, image_size=info.image_size, augment=False, seed=seed)

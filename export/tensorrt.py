@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from export.trt_build import TrtConfig, build_engine, describe_plan, trtexec_command
-from search.errors import USER_ERRORS, report_user_error
+from search.core.errors import USER_ERRORS, report_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from search.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-from search.errors import NasdeployError
+from search.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from search.core.errors import NasdeployError
 from serve.metadata import ModelInfo, ModelInfoError
 from serve.trt_backend import import_cudart, sidecar_path
 

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from search.errors import USER_ERRORS, NasdeployError, report_user_error
+from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class GenotypeInfo:
     """A genotype built at one scale, with its size and compute."""
 
     genotype_name: str
-    genotype: Any  # search.genotype.Genotype
+    genotype: Any  # search.space.genotype.Genotype
     variant: str
     notation: str
     layout: str
@@ -73,8 +73,8 @@ def inspect_genotype(config: InfoConfig) -> GenotypeInfo:
         NasdeployError: bad genotype, unknown variant or malformed ``N@F``, bad size,
             or a ``draw`` path without a ``.png`` / ``.svg`` suffix.
     """
-    from search.draw import draw_genotype, resolve_format
-    from search.scale import parse_scale
+    from search.space.draw import draw_genotype, resolve_format
+    from search.space.scale import parse_scale
 
     # Cheap checks first: they need neither torch nor a model.
     scale = parse_scale(config.variant, config.image_size)
@@ -83,9 +83,9 @@ def inspect_genotype(config: InfoConfig) -> GenotypeInfo:
     if config.draw is not None:
         resolve_format(config.draw, None)
 
-    from search.cost import count_macs, count_params
-    from search.genotype import load_genotype
-    from search.model import build_model
+    from search.nn.cost import count_macs, count_params
+    from search.nn.model import build_model
+    from search.space.genotype import load_genotype
 
     genotype = load_genotype(config.genotype)
     num_classes = config.num_classes or (10 if scale.layout == "cifar" else 1000)
@@ -134,7 +134,7 @@ def _human(value: int) -> str:
 
 def format_info(info: GenotypeInfo) -> str:
     """The human-readable report."""
-    from search.draw import genotype_text
+    from search.space.text import genotype_text
 
     named = f"{info.variant} = " if info.variant != info.notation else ""
     stages = len(info.stage_widths)

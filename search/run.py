@@ -1,4 +1,4 @@
-"""``python -m search.run``: latency-aware cell search (thin CLI over :mod:`search.session`).
+"""``python -m search.run``: latency-aware cell search (thin CLI over :mod:`search.experiment.session`).
 
 Examples::
 
@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from search.errors import USER_ERRORS, NasdeployError, report_user_error
+from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
 
 RESUME_FLAGS = {"resume", "trials", "time_budget", "no_progress"}
 
@@ -62,7 +62,7 @@ def _given(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _run(given: dict[str, object]):  # -> SearchResult
-    from search.session import SearchConfig, resume_search, run_search
+    from search.experiment.session import SearchConfig, resume_search, run_search
 
     progress = not given.pop("no_progress", False)
     if "resume" in given:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run_dir}" if run_dir else " before the search started")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
-    from search.session import summary_text
+    from search.experiment.session import summary_text
 
     print(summary_text(result))
     return 0

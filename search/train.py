@@ -1,6 +1,6 @@
 """Final training of a genotype: ``python -m search.train GENOTYPE``.
 
-Trains the scaled network on the full training split with :mod:`search.training`,
+Trains the scaled network on the full training split with :mod:`search.training.loop`,
 checkpoints atomically after every epoch (weights, optimizer and scheduler state,
 history) so ``--resume`` continues from the last finished epoch, writes
 ``train_log.jsonl`` and reports the accuracy on the held-out test split at the end.
@@ -19,17 +19,17 @@ from typing import Any
 
 import torch
 
-from search.atomic import atomic_write_text, unique_path
-from search.data import DATASETS, DataBundle, load_dataset
-from search.errors import USER_ERRORS, NasdeployError, report_user_error
-from search.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
-from search.training import (
+from search.core.atomic import atomic_write_text, unique_path
+from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
+from search.data.datasets import DATASETS, DataBundle, load_dataset
+from search.nn.device import resolve_device
+from search.space.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
+from search.training.loop import (
     DivergedError,
     TrainConfig,
     evaluate_accuracy,
     make_optimizer,
     make_scheduler,
-    resolve_device,
     steps_per_epoch,
     train_epoch,
 )
@@ -82,9 +82,9 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True) -> Fi
     Raises:
         NasdeployError: bad genotype, variant, dataset or output directory; a diverged run.
     """
-    from search.checkpoint import ModelSpec, read_checkpoint, save_checkpoint
-    from search.model import build_model
-    from search.scale import parse_scale
+    from search.nn.checkpoint import ModelSpec, read_checkpoint, save_checkpoint
+    from search.nn.model import build_model
+    from search.space.scale import parse_scale
 
     genotype = load_genotype(settings.genotype)
     out_dir = _check_out(settings)

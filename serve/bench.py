@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from search.atomic import atomic_write_text
-from search.errors import USER_ERRORS, report_user_error
+from search.core.atomic import atomic_write_text
+from search.core.errors import USER_ERRORS, report_user_error
 from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime
 
 MIN_ITERS = 5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.errors import NasdeployError
+from search.core.errors import NasdeployError
 
 
 class ServeError(NasdeployError):

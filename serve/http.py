@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from search.errors import USER_ERRORS, NasdeployError, report_user_error
+from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
 from serve.errors import ImageError, ImageTooLargeError
 from serve.preprocess import MAX_PIXELS, load_image
 from serve.runtime import BACKENDS, DEVICES, Runtime, classify, load_runtime

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.errors import USER_ERRORS, report_user_error
+from search.core.errors import USER_ERRORS, report_user_error
 from serve.preprocess import load_image
 from serve.runtime import BACKENDS, DEVICES, classify, load_runtime
 

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from search.images import center_crop, resize_short_side, to_rgb
+from search.data.images import center_crop, resize_short_side, to_rgb
 from serve.errors import ImageError, ImageTooLargeError
 from serve.metadata import ModelInfo
 

@@ -2,7 +2,7 @@
 
 The model is the serve tests' NASNet-A at 1@16 (16 px), exported with the project's
 exporter and carrying real metadata; the run directory holds ``trials.jsonl`` written
-with ``search.history`` and the report files written by ``search.report``.
+with ``search.trials.history`` and the report files written by ``search.experiment.report``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 from serve_fixtures import build_tiny_model, export_tiny, make_info
 
-from search.cost import count_params
-from search.genotype import REFERENCE_GENOTYPES
-from search.history import HISTORY_NAME, TrialRecord, append_record
-from search.report import ReportContext, write_report
+from search.experiment.report import ReportContext, write_report
+from search.nn.cost import count_params
+from search.space.genotype import REFERENCE_GENOTYPES
+from search.trials.history import HISTORY_NAME, TrialRecord, append_record
 
 CIFAR_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",

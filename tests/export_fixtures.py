@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from search.checkpoint import ModelSpec, save_checkpoint
-from search.data import DataBundle, load_dataset
-from search.genotype import REFERENCE_GENOTYPES
+from search.data.datasets import DataBundle, load_dataset
+from search.nn.checkpoint import ModelSpec, save_checkpoint
+from search.space.genotype import REFERENCE_GENOTYPES
 
 IMAGE_SIZE = 16
 SCALE = "1@16"

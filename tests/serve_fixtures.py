@@ -16,9 +16,9 @@ import onnx
 import torch
 from PIL import Image
 
-from search.genotype import load_genotype
-from search.model import build_model
-from search.onnxio import export_onnx
+from search.nn.model import build_model
+from search.nn.onnxio import export_onnx
+from search.space.genotype import load_genotype
 from serve.metadata import ModelInfo
 
 IMAGE_SIZE = 16

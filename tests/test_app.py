@@ -1,7 +1,7 @@
 """The Streamlit demo, driven by ``streamlit.testing`` over a tiny real exported model.
 
 The runs folder holds NASNet-A at 1@16 exported to ONNX with real metadata and a search
-run written by ``search.history`` / ``search.report`` (see ``app_fixtures``).
+run written by ``search.trials.history`` / ``search.experiment.report`` (see ``app_fixtures``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from serve_fixtures import png_bytes
 from streamlit.testing.v1 import AppTest
 
 from app import explorer, models
-from search.errors import NasdeployError
-from search.history import HISTORY_NAME, append_record
-from search.report import pareto_front
+from search.core.errors import NasdeployError
+from search.trials.history import HISTORY_NAME, append_record
+from search.trials.selection import pareto_front
 from serve.preprocess import load_image
 from serve.runtime import available_backends, classify, load_runtime
 

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from search.atomic import atomic_path, atomic_write_text
+from search.core.atomic import atomic_path, atomic_write_text
 
 
 def test_atomic_write_replaces_and_uses_umask_permissions(tmp_path):
@@ -32,7 +32,7 @@ def test_failure_keeps_the_old_file_and_no_temp(tmp_path):
 
 
 def test_unique_path_appends_a_counter(tmp_path):
-    from search.atomic import unique_path
+    from search.core.atomic import unique_path
 
     assert unique_path(tmp_path / "run") == tmp_path / "run"
     (tmp_path / "run").mkdir()
@@ -41,7 +41,7 @@ def test_unique_path_appends_a_counter(tmp_path):
 
 
 def test_append_line_closes_a_torn_fragment_first(tmp_path):
-    from search.atomic import append_line
+    from search.core.atomic import append_line
 
     path = tmp_path / "log.jsonl"
     append_line(path, '{"a": 1}')

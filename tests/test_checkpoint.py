@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from search.errors import NasdeployError
-from search.genotype import LITE, NASNET_A
+from search.core.errors import NasdeployError
+from search.nn.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from search.space.genotype import LITE, NASNET_A
 
 
 def _spec(genotype=NASNET_A, scale="1@24") -> ModelSpec:

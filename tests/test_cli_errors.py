@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from search.errors import NasdeployError, format_user_error
+from search.core.errors import NasdeployError, format_user_error
 
 
 def test_format_user_error():

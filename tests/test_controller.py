@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from search.controller import CHECKPOINT_NAME, Controller, PPOTrainer, RLStrategy
-from search.history import TrialRecord, utc_now
-from search.ops import OP_NAMES
-from search.space import SearchSpace
-from search.strategy import Outcome, StrategyConfig
+from search.nn.ops import OP_NAMES
+from search.space.searchspace import SearchSpace
+from search.strategies.base import Outcome, StrategyConfig
+from search.strategies.rl import CHECKPOINT_NAME, Controller, PPOTrainer, RLStrategy
+from search.trials.history import TrialRecord, utc_now
 
 
 def test_controller_shape_and_input_masking():

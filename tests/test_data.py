@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from search import data as data_mod
-from search.data import channel_stats, load_dataset
-from search.errors import NasdeployError
+from search.core.errors import NasdeployError
+from search.data import datasets as data_mod
+from search.data.datasets import channel_stats, load_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""search.draw: pictures of both cells (PNG, SVG, file objects) and the text rendering."""
+"""search.space.draw: pictures of both cells (PNG, SVG, file objects) and the text rendering."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from itertools import combinations
 import pytest
 from matplotlib.patches import FancyBboxPatch
 
-from search.draw import cell_text, draw_genotype, genotype_figure, genotype_text, state_name
-from search.errors import NasdeployError
-from search.genotype import NASNET_A, REFERENCE_GENOTYPES, Block, Cell, Genotype
+from search.core.errors import NasdeployError
+from search.space.draw import draw_genotype, genotype_figure
+from search.space.genotype import NASNET_A, REFERENCE_GENOTYPES, Block, Cell, Genotype
+from search.space.text import cell_text, genotype_text, state_name
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SVG_NS = "{http://www.w3.org/2000/svg}"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.data import load_dataset
-from search.errors import NasdeployError
-from search.evaluate import ChildSettings, evaluate_child, one_line
-from search.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype
+from search.core.errors import NasdeployError
+from search.data.datasets import load_dataset
+from search.evaluation.proxy import ChildSettings, evaluate_child, one_line
+from search.space.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype
 
 LITE = REFERENCE_GENOTYPES["lite"]
 TINY = ChildSettings(scale="1@16", epochs=1, train_size=300, batch_size=32, device="cpu")

@@ -14,10 +14,10 @@ from export_fixtures import IMAGE_SIZE, SCALE, digits_test_images, make_checkpoi
 
 from export.onnx import main
 from export.onnx_export import ExportConfig, export_model, verify_against_torch
-from search.checkpoint import load_checkpoint
-from search.cost import count_params
-from search.errors import NasdeployError
-from search.onnxio import ort_session
+from search.core.errors import NasdeployError
+from search.nn.checkpoint import load_checkpoint
+from search.nn.cost import count_params
+from search.nn.onnxio import ort_session
 
 
 @pytest.fixture(scope="module")

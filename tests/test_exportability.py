@@ -8,10 +8,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from search.errors import NasdeployError
-from search.genotype import REFERENCE_GENOTYPES
-from search.model import build_model
-from search.onnxio import export_onnx, ort_session
+from search.core.errors import NasdeployError
+from search.nn.model import build_model
+from search.nn.onnxio import export_onnx, ort_session
+from search.space.genotype import REFERENCE_GENOTYPES
 
 
 def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.cost import count_macs, count_params, model_cost
-from search.genotype import NASNET_A
+from search.nn.cost import count_macs, count_params, model_cost
+from search.space.genotype import NASNET_A
 
 # Zoph et al. 2018: Table 1 (CIFAR-10, NASNet-A 6@768: 3.3M params) and Table 2
 # (ImageNet: NASNet-A 4@1056: 5.3M params, 564M mult-adds; 6@4032: 88.9M, 23.8B).

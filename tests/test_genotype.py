@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from search.genotype import (
+from search.space.genotype import (
     FORMAT_VERSION,
     NASNET_A,
     REFERENCE_GENOTYPES,

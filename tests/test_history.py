@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from search.errors import NasdeployError
-from search.history import read_history, repair_history
+from search.core.errors import NasdeployError
+from search.trials.history import read_history, repair_history
 
 RECORD = {"trial": 0, "strategy": "rl", "genotype": {}, "accuracy": 0.5, "latency_ms": 1.0,
           "macs": 1, "params": 1, "reward": 0.5, "feasible": True, "status": "ok", "error": None,

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from search.cost import count_macs, count_params
-from search.genotype import NASNET_A
 from search.info import main
-from search.model import build_model
+from search.nn.cost import count_macs, count_params
+from search.nn.model import build_model
+from search.space.genotype import NASNET_A
 
 SMALL = ["--variant", "2@16", "--image-size", "16"]
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from search.cost import count_macs, count_params
-from search.errors import NasdeployError
-from search.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype
-from search.latency import LatencyMeter, LatencySettings, MeasurementError, time_onnx
-from search.model import build_model
-from search.onnxio import export_onnx
+from search.core.errors import MeasurementError, NasdeployError
+from search.evaluation.latency import LatencyMeter, LatencySettings, time_onnx
+from search.nn.cost import count_macs, count_params
+from search.nn.model import build_model
+from search.nn.onnxio import export_onnx
+from search.space.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype
 
 LITE = REFERENCE_GENOTYPES["lite"]
 NASNET = REFERENCE_GENOTYPES["nasnet-a"]

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from search.cost import model_cost
-from search.genotype import REFERENCE_GENOTYPES, Genotype
-from search.history import HISTORY_NAME, read_history
-from search.loop import Evaluator, run_loop
-from search.reward import RewardConfig
-from search.scale import parse_scale
-from search.space import SearchSpace
-from search.strategy import Outcome, Proposal, Strategy, StrategyConfig, create_strategy
+from search.evaluation.reward import RewardConfig
+from search.experiment.loop import Evaluator, run_loop
+from search.nn.cost import model_cost
+from search.space.genotype import REFERENCE_GENOTYPES, Genotype
+from search.space.scale import parse_scale
+from search.space.searchspace import SearchSpace
+from search.strategies.base import Outcome, Proposal, Strategy, StrategyConfig, create_strategy
+from search.trials.history import HISTORY_NAME, read_history
 
 SCALE = parse_scale("1@16", image_size=16)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.genotype import LITE, NASNET_A, Block, Cell, Genotype
-from search.model import build_model
+from search.nn.model import build_model
+from search.space.genotype import LITE, NASNET_A, Block, Cell, Genotype
 
 TINY = "1@16"
 

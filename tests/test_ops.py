@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from search.onnxio import export_onnx, ort_session
-from search.ops import COMBINES, OP_NAMES, OPS, build_op
+from search.nn.onnxio import export_onnx, ort_session
+from search.nn.ops import COMBINES, OP_NAMES, OPS, build_op
 
 PAPER_OPS = {
     "identity", "conv_1x3_3x1", "conv_1x7_7x1", "dil_conv_3x3", "avg_pool_3x3", "max_pool_3x3",

@@ -12,8 +12,8 @@ from onnx import numpy_helper
 
 from export.onnx_export import ExportConfig, export_model
 from export.quantize import ImageCalibrationReader, dataset_arguments, sort_nodes
-from search.errors import NasdeployError
-from search.onnxio import ort_session
+from search.core.errors import NasdeployError
+from search.nn.onnxio import ort_session
 from serve.metadata import ModelInfo
 
 

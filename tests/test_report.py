@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 
-from search.genotype import REFERENCE_GENOTYPES, load_genotype_file
-from search.history import TrialRecord, utc_now
-from search.report import (
-    ReportContext,
-    pareto_front,
-    select_best,
-    summary_markdown,
-    write_report,
-)
-from search.space import SearchSpace
+from search.experiment.report import ReportContext, summary_markdown, write_report
+from search.space.genotype import REFERENCE_GENOTYPES, load_genotype_file
+from search.space.searchspace import SearchSpace
+from search.trials.history import TrialRecord, utc_now
+from search.trials.selection import pareto_front, select_best
 
 SPACE = SearchSpace(2)
 

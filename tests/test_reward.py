@@ -6,15 +6,9 @@ import math
 
 import pytest
 
-from search.errors import NasdeployError
-from search.reward import (
-    RewardConfig,
-    is_feasible,
-    mnas_reward,
-    parse_count,
-    parse_duration,
-    parse_latency,
-)
+from search.core.errors import NasdeployError
+from search.core.units import parse_count, parse_duration, parse_latency
+from search.evaluation.reward import RewardConfig, is_feasible, mnas_reward
 
 
 @pytest.mark.parametrize(

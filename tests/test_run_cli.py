@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from search.genotype import load_genotype_file
-from search.history import read_history
 from search.run import main
+from search.space.genotype import load_genotype_file
+from search.trials.history import read_history
 
 ARTIFACTS = ("genotype.json", "trials.jsonl", "pareto.json", "pareto.png", "reward.png",
              "summary.md", "config.json")
@@ -64,9 +64,9 @@ def test_resume_needs_a_run_directory_and_no_other_settings(capsys, tmp_path):
 
 def test_missing_cifar_without_network_names_data_dir_and_digits(capsys, tmp_path,
                                                                  monkeypatch):
-    import search.data
+    import search.data.datasets
 
-    monkeypatch.setattr(search.data, "_unreachable_reason",
+    monkeypatch.setattr(search.data.datasets, "_unreachable_reason",
                         lambda url: "no network: www.cs.toronto.edu unreachable")
     empty = tmp_path / "empty"
     empty.mkdir()

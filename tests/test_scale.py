@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.errors import NasdeployError
-from search.scale import VARIANTS, cell_channels, parse_scale
+from search.core.errors import NasdeployError
+from search.space.scale import VARIANTS, cell_channels, parse_scale
 
 
 def test_named_variants_follow_the_paper():

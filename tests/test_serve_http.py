@@ -233,7 +233,7 @@ def test_cli_bad_model_is_one_line_exit_2(tmp_path, capsys):
 def test_size_parsing_and_busy_port(capsys):
     import argparse
 
-    from search.errors import NasdeployError
+    from search.core.errors import NasdeployError
     from serve.http import parse_size
 
     assert parse_size("1048576") == 1048576

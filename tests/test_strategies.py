@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from search.genotype import Genotype
-from search.history import TrialRecord, utc_now
-from search.ops import COMBINES, OP_NAMES
-from search.space import SearchSpace
-from search.strategy import (
+from search.nn.ops import COMBINES, OP_NAMES
+from search.space.genotype import Genotype
+from search.space.searchspace import SearchSpace
+from search.strategies.base import (
     STRATEGIES,
     Outcome,
     Proposal,
@@ -18,6 +17,7 @@ from search.strategy import (
     available_strategies,
     create_strategy,
 )
+from search.trials.history import TrialRecord, utc_now
 
 NAMES = available_strategies()
 
@@ -70,7 +70,7 @@ def test_same_seed_same_proposals_other_seed_other_proposals(name):
 
 
 def test_unknown_strategy_is_a_one_line_error():
-    from search.errors import NasdeployError
+    from search.core.errors import NasdeployError
 
     with pytest.raises(NasdeployError, match="unknown strategy 'bogus'; choose from rl"):
         create_strategy("bogus", StrategyConfig())

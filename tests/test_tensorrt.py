@@ -22,7 +22,7 @@ from export.trt_build import (
     profile_shapes,
     trtexec_command,
 )
-from search.errors import NasdeployError
+from search.core.errors import NasdeployError
 from serve.metadata import ModelInfo
 
 NO_TRT = missing_requirement()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from search import train as train_mod
-from search.checkpoint import load_checkpoint
-from search.genotype import REFERENCE_GENOTYPES
+from search.nn.checkpoint import load_checkpoint
+from search.space.genotype import REFERENCE_GENOTYPES
 from search.train import default_out_dir, main
 
 TINY = ["--dataset", "digits", "--variant", "1@16", "--image-size", "8", "--train-size", "200",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.data import load_dataset
-from search.errors import NasdeployError
-from search.genotype import REFERENCE_GENOTYPES
-from search.model import build_model
-from search.training import (
+from search.core.errors import NasdeployError
+from search.data.datasets import load_dataset
+from search.nn.device import resolve_device
+from search.nn.model import build_model
+from search.space.genotype import REFERENCE_GENOTYPES
+from search.training.loop import (
     DivergedError,
     TrainConfig,
     evaluate_accuracy,
@@ -17,7 +18,6 @@ from search.training import (
     make_optimizer,
     make_scheduler,
     recalibrate_batchnorm,
-    resolve_device,
     steps_per_epoch,
     train_epoch,
 )

@@ -41,7 +41,7 @@ def _drawn_boat() -> Image.Image:
 def _digit(label: int) -> Image.Image:
     """The last 8x8 digit of class ``label`` in scikit-learn's bundled digits, as 64x64 grey.
 
-    The last images of the set fall in the test split of ``search.data`` (stratified,
+    The last images of the set fall in the test split of ``search.data.datasets`` (stratified,
     seed 0) often enough for a demo; they are rendered as the model sees them: light ink
     on black.
     """

@@ -1,0 +1,178 @@
+"""The one search loop shared by every strategy.
+
+propose -> deployment cost (latency, MACs, params) -> accuracy -> reward -> record the
+trial (``trials.jsonl``, fsync'd) -> observe. Accuracy and cost are plain functions
+passed in, so the loop knows nothing about training or runtimes. A genotype already
+evaluated in this run reuses its result (recorded again with ``duplicate_of``, not
+retrained). The loop stops after ``max_trials`` trials in total or when the search time
+(summed over resumed sessions) reaches ``time_budget_s``; a trial that has started
+always finishes. Resuming reads the history and lets the strategy rebuild its state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from search.core.errors import MeasurementError, NasdeployError, one_line
+from search.evaluation.reward import RewardConfig, is_feasible, mnas_reward
+from search.space.genotype import Genotype
+from search.strategies.base import Outcome, Strategy
+from search.trials.history import HISTORY_NAME, TrialRecord, append_record, repair_history, utc_now
+from search.trials.selection import select_best
+
+AccuracyFn = Callable[[Genotype], Any]
+"""``genotype -> result`` with ``accuracy``, ``status``, ``error``, ``train_time_s``
+(e.g. :func:`search.evaluation.proxy.evaluate_child` with its data and settings bound)."""
+
+CostFn = Callable[[Genotype], Any]
+"""``genotype -> cost`` with ``latency_ms``, ``macs``, ``params``, ``measure_time_s``
+(e.g. a :class:`search.evaluation.latency.LatencyMeter`)."""
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """How a candidate is scored: accuracy, deployment cost and the reward budgets."""
+
+    accuracy_fn: AccuracyFn
+    cost_fn: CostFn
+    reward: RewardConfig
+
+
+@dataclass
+class LoopResult:
+    """All records of the run (old and new) and why the loop stopped."""
+
+    records: list[TrialRecord]
+    stopped_by: str
+    new_trials: int
+
+
+def _finite(value: Any, default: float = 0.0) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
+def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
+                       strategy: str) -> TrialRecord:
+    """Score one genotype; failures become a ``failed`` record with reward 0.
+
+    ``NasdeployError`` (a setup problem such as a missing runtime) propagates, except
+    :class:`~search.core.errors.MeasurementError` (this candidate could not be measured).
+    """
+    start = time.perf_counter()
+    fields: dict[str, Any] = {"latency_ms": None, "macs": None, "params": None,
+                              "accuracy": 0.0, "status": "failed", "error": None,
+                              "train_time_s": 0.0, "latency_time_s": 0.0}
+    try:
+        cost = evaluator.cost_fn(genotype)
+        fields.update(latency_ms=_finite(cost.latency_ms, math.nan), macs=int(cost.macs),
+                      params=int(cost.params), latency_time_s=_finite(cost.measure_time_s))
+    except MeasurementError as exc:  # this candidate's deployment model failed
+        fields["error"] = str(exc).splitlines()[0][:500]
+    except NasdeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a child that cannot be built or timed
+        fields["error"] = f"latency: {one_line(exc)}"
+    if fields["error"] is None and not math.isfinite(fields["latency_ms"]):
+        fields.update(latency_ms=None, error="latency: not a finite number")
+    if fields["error"] is None:
+        result = evaluator.accuracy_fn(genotype)
+        fields.update(accuracy=_finite(result.accuracy), status=result.status,
+                      error=result.error, train_time_s=_finite(result.train_time_s))
+    ok = fields["status"] == "ok"
+    latency = fields["latency_ms"]
+    reward = mnas_reward(fields["accuracy"], latency, evaluator.reward, fields["macs"]) \
+        if ok else 0.0
+    feasible = latency is not None and is_feasible(latency, evaluator.reward, fields["macs"])
+    return TrialRecord(
+        trial=trial, strategy=strategy, genotype=genotype.to_dict(), reward=_finite(reward),
+        feasible=bool(ok and feasible), wall_time_s=time.perf_counter() - start,
+        finished_at=utc_now(), **fields)
+
+
+def _reuse(earlier: TrialRecord, trial: int, strategy: str, start: float) -> TrialRecord:
+    return dataclasses.replace(
+        earlier, trial=trial, strategy=strategy, duplicate_of=earlier.trial,
+        train_time_s=0.0, latency_time_s=0.0, wall_time_s=time.perf_counter() - start,
+        finished_at=utc_now())
+
+
+def _postfix(records: list[TrialRecord]) -> str:
+    selection = select_best(records)
+    if selection is None:
+        return "best feasible: none yet"
+    best = selection.record
+    if not selection.feasible:
+        return f"best feasible: none yet (fastest {best.latency_ms:.2f} ms)"
+    return f"best feasible: acc {best.accuracy:.3f} @ {best.latency_ms:.2f} ms"
+
+
+def _stop_reason(done: int, elapsed: float, max_trials: int | None,
+                 time_budget_s: float | None) -> str | None:
+    if max_trials is not None and done >= max_trials:
+        return "trials"
+    if time_budget_s is not None and elapsed >= time_budget_s:
+        return "time"
+    return None
+
+
+def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
+             max_trials: int | None, time_budget_s: float | None = None,
+             progress: bool = True) -> LoopResult:
+    """Run (or resume) the search in ``run_dir`` until a stop condition holds.
+
+    Args:
+        strategy: a fresh strategy; it is resumed from the history found in ``run_dir``.
+        evaluator: accuracy and cost functions and the reward budgets.
+        run_dir: directory holding ``trials.jsonl`` (and the strategy's state).
+        max_trials: total number of trials of the run (including resumed ones).
+        time_budget_s: total search time (summed wall time of all trials).
+        progress: show a progress bar on stderr.
+    """
+    if max_trials is None and time_budget_s is None:
+        raise ValueError("give max_trials or time_budget_s (or both)")
+    path = Path(run_dir) / HISTORY_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = repair_history(path)
+    strategy.resume(records)
+    seen = {r.genotype_key: r for r in records if r.duplicate_of is None}
+    before = len(records)
+    elapsed_before = sum(r.wall_time_s for r in records)
+    session_start = time.perf_counter()
+    bar = tqdm(total=max_trials, initial=before, desc=f"search ({strategy.name})",
+               unit="trial", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        while True:
+            elapsed = elapsed_before + time.perf_counter() - session_start
+            reason = _stop_reason(len(records), elapsed, max_trials, time_budget_s)
+            if reason is not None:
+                break
+            start = time.perf_counter()
+            proposal = strategy.propose()
+            key = proposal.genotype.to_json()
+            if key in seen:
+                record = _reuse(seen[key], len(records), strategy.name, start)
+            else:
+                record = evaluate_candidate(proposal.genotype, evaluator, len(records),
+                                            strategy.name)
+                seen[key] = record
+            append_record(path, record)
+            records.append(record)
+            strategy.observe(proposal, Outcome.from_record(record))
+            bar.update(1)
+            bar.set_postfix_str(_postfix(records))
+    finally:
+        bar.close()
+    return LoopResult(records, reason, len(records) - before)

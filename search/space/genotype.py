@@ -1,0 +1,289 @@
+"""The genotype: plain, JSON-serialisable data shared by search, export and serve.
+
+A genotype holds a normal cell and a reduction cell. Each cell has B blocks; a block
+takes two hidden states, applies one op to each and combines the results. Hidden-state
+indices: 0 is the output of cell k-2, 1 the output of cell k-1, and j >= 2 the output of
+block j-2 of the same cell, so block b may read states ``0 .. b+1``. By default a cell
+outputs the concatenation of the hidden states no block consumed (NASNet's rule); a cell
+may list its ``concat`` explicitly instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.core.atomic import atomic_write_text
+from search.core.errors import NasdeployError
+from search.space.opnames import COMBINES, OP_NAMES
+
+FORMAT_NAME = "nasdeploy-genotype"
+FORMAT_VERSION = 1
+
+
+class GenotypeError(NasdeployError):
+    """A genotype that cannot be read or is not valid."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """Two inputs, one op on each, one combine."""
+
+    inputs: tuple[int, int]
+    ops: tuple[str, str]
+    combine: str = "add"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": list(self.inputs), "ops": list(self.ops), "combine": self.combine}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """B blocks and, optionally, the hidden states to concatenate as the output."""
+
+    blocks: tuple[Block, ...]
+    concat: tuple[int, ...] | None = None
+
+    @property
+    def num_states(self) -> int:
+        """Hidden states in the cell: the two inputs plus one per block."""
+        return 2 + len(self.blocks)
+
+    def output_states(self) -> tuple[int, ...]:
+        """Indices of the hidden states concatenated into the cell's output."""
+        if self.concat is not None:
+            return self.concat
+        used = {i for block in self.blocks for i in block.inputs}
+        unused = tuple(i for i in range(self.num_states) if i not in used)
+        return unused or (self.num_states - 1,)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"blocks": [b.to_dict() for b in self.blocks]}
+        if self.concat is not None:
+            data["concat"] = list(self.concat)
+        return data
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A normal and a reduction cell (and free-form metadata that is not compared)."""
+
+    normal: Cell
+    reduce: Cell
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.normal.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "normal": self.normal.to_dict(),
+            "reduce": self.reduce.to_dict(),
+        }
+
+    def to_json(self) -> str:
+        """Canonical compact JSON: equal genotypes give equal strings (a cache key)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Genotype:
+        """Validate ``data`` and build a genotype; raises :class:`GenotypeError`."""
+        return _parse_genotype(data)
+
+
+def _fail(where: str, message: str) -> GenotypeError:
+    return GenotypeError(f"invalid genotype: {where}: {message}")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _fail(where, f"expected {what}, got {type(value).__name__} {value!r}"[:200])
+    return value
+
+
+def _parse_block(data: Any, where: str, num_inputs: int) -> Block:
+    _expect(data, dict, where, "an object with inputs, ops, combine")
+    unknown = set(data) - {"inputs", "ops", "combine"}
+    if unknown:
+        raise _fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
+    for key in ("inputs", "ops"):
+        if key not in data:
+            raise _fail(where, f"missing field {key!r}")
+        value = _expect(data[key], list, f"{where}.{key}", "a list of two")
+        if len(value) != 2:
+            raise _fail(f"{where}.{key}", f"expected exactly 2 entries, got {len(value)}")
+    for j, index in enumerate(data["inputs"]):
+        _expect(index, int, f"{where}.inputs[{j}]", "an integer")
+        if not 0 <= index < num_inputs:
+            raise _fail(
+                f"{where}.inputs[{j}]",
+                f"index {index} out of range; this block may use 0..{num_inputs - 1}",
+            )
+    for j, op in enumerate(data["ops"]):
+        _expect(op, str, f"{where}.ops[{j}]", "an op name")
+        if op not in OP_NAMES:
+            raise _fail(f"{where}.ops[{j}]", f"unknown op {op!r}; choose from {', '.join(OP_NAMES)}")
+    combine = _expect(data.get("combine", "add"), str, f"{where}.combine", "a string")
+    if combine not in COMBINES:
+        raise _fail(f"{where}.combine", f"unknown combine {combine!r}; choose from {', '.join(COMBINES)}")
+    return Block(tuple(data["inputs"]), tuple(data["ops"]), combine)  # type: ignore[arg-type]
+
+
+def _parse_cell(data: Any, where: str) -> Cell:
+    if isinstance(data, list):  # shorthand: a bare list of blocks
+        data = {"blocks": data}
+    _expect(data, dict, where, "an object with a 'blocks' list")
+    unknown = set(data) - {"blocks", "concat"}
+    if unknown:
+        raise _fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
+    blocks = _expect(data.get("blocks"), list, f"{where}.blocks", "a list of blocks")
+    if not blocks:
+        raise _fail(f"{where}.blocks", "a cell needs at least one block")
+    parsed = tuple(_parse_block(b, f"{where}.blocks[{i}]", i + 2) for i, b in enumerate(blocks))
+    concat = data.get("concat")
+    if concat is not None:
+        _expect(concat, list, f"{where}.concat", "a list of hidden-state indices")
+        if not concat:
+            raise _fail(f"{where}.concat", "must name at least one hidden state")
+        for j, index in enumerate(concat):
+            _expect(index, int, f"{where}.concat[{j}]", "an integer")
+            if not 0 <= index < len(parsed) + 2:
+                raise _fail(f"{where}.concat[{j}]", f"index {index} out of range 0..{len(parsed) + 1}")
+        if len(set(concat)) != len(concat):
+            raise _fail(f"{where}.concat", "indices must be distinct")
+        concat = tuple(concat)
+    return Cell(parsed, concat)
+
+
+def _parse_genotype(data: Any) -> Genotype:
+    _expect(data, dict, "top level", "a JSON object")
+    fmt = data.get("format", FORMAT_NAME)
+    if fmt != FORMAT_NAME:
+        raise _fail("format", f"expected {FORMAT_NAME!r}, got {fmt!r}")
+    if "version" not in data:
+        raise _fail("version", f"missing; this nasdeploy reads version {FORMAT_VERSION}")
+    version = data["version"]
+    if version != FORMAT_VERSION:
+        raise _fail("version", f"unsupported version {version!r}; this nasdeploy reads {FORMAT_VERSION}")
+    unknown = set(data) - {"format", "version", "normal", "reduce", "metadata", "name"}
+    if unknown:
+        raise _fail("top level", f"unknown field(s) {', '.join(sorted(unknown))}")
+    for key in ("normal", "reduce"):
+        if key not in data:
+            raise _fail(key, "missing cell")
+    normal = _parse_cell(data["normal"], "normal")
+    reduce = _parse_cell(data["reduce"], "reduce")
+    if len(normal.blocks) != len(reduce.blocks):
+        raise _fail("reduce.blocks", f"has {len(reduce.blocks)} blocks but normal has {len(normal.blocks)}")
+    return Genotype(normal, reduce)
+
+
+def genotype_from_json(text: str, source: str = "genotype") -> Genotype:
+    """Parse genotype JSON text; errors name ``source``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GenotypeError(f"{source} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    try:
+        return Genotype.from_dict(data)
+    except GenotypeError as exc:
+        raise GenotypeError(f"{source}: {exc}") from None
+
+
+def load_genotype_file(path: str | os.PathLike[str]) -> tuple[Genotype, dict[str, Any]]:
+    """Read a genotype JSON file; return the genotype and its ``metadata`` dict."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GenotypeError(f"genotype file not found: {p}") from None
+    except IsADirectoryError:
+        raise GenotypeError(f"{p} is a directory, not a genotype file") from None
+    except UnicodeDecodeError:
+        raise GenotypeError(f"{p} is not a text JSON file") from None
+    genotype = genotype_from_json(text, str(p))
+    metadata = json.loads(text).get("metadata") or {}
+    return genotype, metadata if isinstance(metadata, dict) else {}
+
+
+def load_genotype(path_or_name: str | os.PathLike[str]) -> Genotype:
+    """Load a built-in genotype by name (e.g. ``nasnet-a``) or a genotype JSON file."""
+    key = str(path_or_name)
+    if key in REFERENCE_GENOTYPES:
+        return REFERENCE_GENOTYPES[key]
+    path = Path(key)
+    if not path.exists() and path.suffix != ".json":
+        raise GenotypeError(
+            f"no genotype file or built-in genotype named {key!r}; "
+            f"built-ins: {', '.join(REFERENCE_GENOTYPES)}"
+        )
+    return load_genotype_file(path)[0]
+
+
+def save_genotype(
+    genotype: Genotype, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+) -> None:
+    """Write ``genotype`` (and optional JSON-serialisable ``metadata``) atomically."""
+    data = genotype.to_dict()
+    if metadata:
+        data["metadata"] = metadata
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _cell(blocks: list[tuple[int, int, str, str]], concat: list[int] | None = None) -> Cell:
+    return Cell(tuple(Block((a, b), (op_a, op_b), "add") for a, b, op_a, op_b in blocks),
+                tuple(concat) if concat is not None else None)
+
+
+# NASNet-A (Zoph et al. 2018, Fig. 4), transcribed from the authors' released
+# implementation. Indices: 0 = h[k-2], 1 = h[k-1]. The released code concatenates h[k-2]
+# with the five blocks in the normal cell and blocks 1-4 in the reduction cell; the
+# paper's parameter counts follow that, so the concat lists are explicit.
+NASNET_A = Genotype(
+    normal=_cell(
+        [
+            (1, 0, "sep_conv_5x5", "sep_conv_3x3"),
+            (0, 0, "sep_conv_5x5", "sep_conv_3x3"),
+            (1, 0, "avg_pool_3x3", "identity"),
+            (0, 0, "avg_pool_3x3", "avg_pool_3x3"),
+            (1, 1, "sep_conv_3x3", "identity"),
+        ],
+        concat=[0, 2, 3, 4, 5, 6],
+    ),
+    reduce=_cell(
+        [
+            (1, 0, "sep_conv_5x5", "sep_conv_7x7"),
+            (1, 0, "max_pool_3x3", "sep_conv_7x7"),
+            (1, 0, "avg_pool_3x3", "sep_conv_5x5"),
+            (2, 3, "avg_pool_3x3", "identity"),
+            (2, 1, "sep_conv_3x3", "max_pool_3x3"),
+        ],
+        concat=[3, 4, 5, 6],
+    ),
+)
+
+# A deliberately cheap cell (pools and one separable conv), useful as a fast baseline.
+LITE = Genotype(
+    normal=_cell(
+        [
+            (1, 0, "sep_conv_3x3", "identity"),
+            (0, 1, "avg_pool_3x3", "identity"),
+            (2, 1, "max_pool_3x3", "identity"),
+        ]
+    ),
+    reduce=_cell(
+        [
+            (1, 0, "max_pool_3x3", "avg_pool_3x3"),
+            (2, 1, "sep_conv_3x3", "identity"),
+            (3, 2, "avg_pool_3x3", "identity"),
+        ]
+    ),
+)
+
+REFERENCE_GENOTYPES: dict[str, Genotype] = {"nasnet-a": NASNET_A, "lite": LITE}
+"""Built-in genotypes, by name."""

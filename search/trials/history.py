@@ -1,0 +1,115 @@
+"""The trial history: ``trials.jsonl``, one JSON object per evaluated candidate.
+
+Lines are appended with flush + fsync, so a finished trial survives a kill. A kill
+in the middle of a write can leave a torn last line: :func:`read_history` drops it
+(and :func:`repair_history` cuts it from the file before new lines are appended).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from search.core.atomic import append_line
+from search.core.errors import NasdeployError
+from search.space.genotype import Genotype
+
+HISTORY_NAME = "trials.jsonl"
+
+
+@dataclass
+class TrialRecord:
+    """One evaluated candidate (the fields of a ``trials.jsonl`` line, see DESIGN.md).
+
+    ``duplicate_of`` names the earlier trial whose result was reused when the same
+    genotype was proposed again (no retraining); it is ``None`` for fresh evaluations.
+    """
+
+    trial: int
+    strategy: str
+    genotype: dict[str, Any]
+    accuracy: float
+    latency_ms: float | None
+    macs: int | None
+    params: int | None
+    reward: float
+    feasible: bool
+    status: str
+    error: str | None
+    wall_time_s: float
+    train_time_s: float
+    latency_time_s: float
+    finished_at: str
+    duplicate_of: int | None = None
+
+    def to_genotype(self) -> Genotype:
+        return Genotype.from_dict(self.genotype)
+
+    @property
+    def genotype_key(self) -> str:
+        """Canonical JSON of the genotype (equal genotypes, equal keys)."""
+        return self.to_genotype().to_json()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def utc_now() -> str:
+    """The current UTC time as ``2026-11-23T20:00:00Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def append_record(path: str | os.PathLike[str], record: TrialRecord) -> None:
+    """Append one line durably (write, flush, fsync)."""
+    append_line(path, json.dumps(record.to_dict(), sort_keys=True, allow_nan=False))
+
+
+def _split(path: Path) -> tuple[list[TrialRecord], int]:
+    """Parse the file; return the records and the byte length of the intact prefix."""
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    records: list[TrialRecord] = []
+    offset = 0
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        is_last = number == len(lines)
+        if not raw.strip():
+            offset += len(raw) + (0 if is_last else 1)
+            continue
+        try:
+            if is_last:  # no newline after it: the write was cut short
+                raise ValueError("torn line")
+            records.append(TrialRecord.from_dict(json.loads(raw)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            if is_last:  # only a line without its newline can be a cut-short append
+                return records, offset
+            raise NasdeployError(f"{path}: line {number} is corrupt ({exc})") from None
+        offset += len(raw) + 1
+    return records, offset
+
+
+def read_history(path: str | os.PathLike[str]) -> list[TrialRecord]:
+    """All complete records, in order; a torn last line is ignored."""
+    return _split(Path(path))[0]
+
+
+def repair_history(path: str | os.PathLike[str]) -> list[TrialRecord]:
+    """Cut a torn last line from the file (so appends start clean); return the records."""
+    p = Path(path)
+    records, intact = _split(p)
+    if p.exists() and p.stat().st_size != intact:
+        with open(p, "r+b") as handle:
+            handle.truncate(intact)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return records

@@ -1,0 +1,59 @@
+"""Which trials matter: the Pareto front and the selection rule (pure, torch-free).
+
+One rule picks the run's genotype, the summary's best row, the progress bar's best and
+the app's highlighted trial: highest validation accuracy among feasible candidates,
+else the fastest candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from search.trials.history import TrialRecord
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen genotype and whether it meets the budget."""
+
+    record: TrialRecord
+    feasible: bool
+
+    @property
+    def note(self) -> str:
+        if self.feasible:
+            return "highest validation accuracy among candidates that meet the budget"
+        return "NO candidate met the budget; this is the fastest one found"
+
+
+def measured(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Distinct ``ok`` candidates with a latency (duplicates point to earlier trials)."""
+    return [r for r in records
+            if r.status == "ok" and r.latency_ms is not None and r.duplicate_of is None]
+
+
+def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Non-dominated candidates (higher accuracy, lower latency), fastest first."""
+    front: list[TrialRecord] = []
+    for r in sorted(measured(records), key=lambda r: (r.latency_ms, -r.accuracy)):
+        if not front or r.accuracy > front[-1].accuracy:
+            front.append(r)
+    return front
+
+
+def select_best(records: Sequence[TrialRecord]) -> Selection | None:
+    """Highest accuracy among feasible candidates, else the fastest; ``None`` if none ran.
+
+    The fallback prefers children that trained: a diverged or failed child is picked only
+    when no candidate trained at all, since its genotype is what training starts from.
+    """
+    feasible = [r for r in measured(records) if r.feasible]
+    if feasible:
+        return Selection(max(feasible, key=lambda r: (r.accuracy, -r.latency_ms)), True)
+    timed = measured(records) or [
+        r for r in records if r.latency_ms is not None and r.duplicate_of is None
+    ]
+    if not timed:
+        return None
+    return Selection(min(timed, key=lambda r: (r.latency_ms, -r.accuracy)), False)
