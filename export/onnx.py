@@ -5,6 +5,13 @@ Thin command line over :func:`export.onnx_export.export_model`.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # a file on sys.path[0] would shadow imports
+    import sys
+
+    print("error: run this as `python -m export.onnx ...`, not as a file "
+          "(export/onnx.py would shadow the onnx package)", file=sys.stderr)
+    raise SystemExit(2)
+
 import argparse
 
 from export.onnx_export import ExportConfig, export_model, summary_lines

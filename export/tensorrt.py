@@ -6,6 +6,13 @@ model and prints the plan and the equivalent ``trtexec`` command without TensorR
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # a file on sys.path[0] would shadow imports
+    import sys
+
+    print("error: run this as `python -m export.tensorrt ...`, not as a file "
+          "(export/tensorrt.py would shadow the tensorrt package)", file=sys.stderr)
+    raise SystemExit(2)
+
 import argparse
 
 from export.trt_build import TrtConfig, build_engine, describe_plan, trtexec_command
