@@ -33,9 +33,11 @@ def test_child_is_scored_on_validation_and_deterministic(digits) -> None:
 
 def test_more_training_scores_higher(digits) -> None:
     short = evaluate_child(LITE, digits, TINY)
-    longer = evaluate_child(LITE, digits, ChildSettings(scale="1@16", epochs=3, train_size=400,
+    # 4x the data for 4x the epochs: about 0.2 against 0.8 here. A wide gap on purpose: where a
+    # short run lands depends on the CPU's float path (3 epochs of 400 gave 0.38 here)
+    longer = evaluate_child(LITE, digits, ChildSettings(scale="1@16", epochs=4, train_size=1200,
                                                         batch_size=32, lr=0.1, device="cpu"))
-    assert longer.accuracy > max(short.accuracy, 0.3)
+    assert longer.accuracy > short.accuracy
 
 
 def test_diverging_child_gets_status_diverged(digits) -> None:

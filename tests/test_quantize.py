@@ -7,14 +7,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-from export_fixtures import digits_test_images, make_checkpoint
+from export_fixtures import digits_test_images, guaranteed_accuracy, make_checkpoint
 from onnx import numpy_helper
 
 from export.onnx_export import ExportConfig, export_model
 from export.quantize import ImageCalibrationReader, dataset_arguments, sort_nodes
 from search.core.errors import NasdeployError
-from search.nn.onnxio import ort_session
-from serve.metadata import ModelInfo
+from search.runtime.sessions import SessionSettings, create_session
+from serve.metadata import read_onnx_card
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,11 @@ def test_both_precisions_are_written_with_their_figures(quantized):
         assert 0.0 <= section["accuracy"] <= 1.0 and 0.0 <= section["accuracy_fp32"] <= 1.0
     assert report["fp16"]["top1_agreement"] >= 0.98
     assert report["fp16"]["max_abs_error"] < 0.05
-    assert report["int8"]["accuracy_fp32"] > 0.2  # well above chance (0.1): a real, if weak, model
+    assert abs(report["fp16"]["accuracy"] - report["fp16"]["accuracy_fp32"]) <= 2 / 120
+    # the fixture is trained until it clears a held-out accuracy, which bounds any 120 test
+    # images from below (2 images of slack: ONNX Runtime may flip a near tie of PyTorch)
+    assert report["int8"]["accuracy_fp32"] >= guaranteed_accuracy(120) - 2 / 120
+    assert report["int8"]["accuracy"] >= report["int8"]["accuracy_fp32"] - 0.1  # a bounded INT8 drop
     assert report["int8"]["top1_agreement"] >= 0.8
     assert report["int8"]["calibration"]["images"] == 64
 
@@ -51,7 +55,7 @@ def test_fp16_model_keeps_float32_io_and_metadata(quantized):
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
     dtypes = {i.data_type for i in model.graph.initializer if i.name in conv_weights}
     assert dtypes == {onnx.TensorProto.FLOAT16}
-    info = ModelInfo.from_onnx(path)
+    info = read_onnx_card(path)
     assert info.precision == "fp16" and info.class_names == spec.class_names
 
 
@@ -67,14 +71,15 @@ def test_int8_model_is_symmetric_qdq_that_tensorrt_accepts(quantized):
     assert {z.dtype for z in zero_points} <= {np.dtype(np.int8), np.dtype(np.int32)}  # int32: biases
     quantize_ops = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert all(inits[n.input[2]].dtype == np.int8 for n in quantize_ops)
-    assert ModelInfo.from_onnx(result.extra_models["int8"]).precision == "int8"
+    assert read_onnx_card(result.extra_models["int8"]).precision == "int8"
 
 
 def test_int8_predictions_mostly_agree_on_real_images(quantized):
     _, result = quantized
     x, _ = digits_test_images(64)
-    fp32 = ort_session(result.model_path).run(None, {"input": x.numpy()})[0]
-    int8 = ort_session(result.extra_models["int8"]).run(None, {"input": x.numpy()})[0]
+    cpu = SessionSettings(device="cpu")
+    fp32 = create_session(result.model_path, cpu).run(None, {"input": x.numpy()})[0]
+    int8 = create_session(result.extra_models["int8"], cpu).run(None, {"input": x.numpy()})[0]
     assert len(set(fp32.argmax(1).tolist())) >= 3  # not a constant predictor: agreement means something
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.8
 

@@ -18,10 +18,13 @@ from typing import Any
 
 from search.core.atomic import atomic_write_text
 from search.core.errors import NasdeployError
+from search.core.jsonio import JsonError, loads_json, read_json
 from search.space.opnames import COMBINES, OP_NAMES
 
 FORMAT_NAME = "nasdeploy-genotype"
 FORMAT_VERSION = 1
+GENOTYPE_MAX_BYTES = 1024 * 1024
+"""Largest genotype file or text read (a genotype with its metadata is a few kB)."""
 
 
 class GenotypeError(NasdeployError):
@@ -186,9 +189,13 @@ def _parse_genotype(data: Any) -> Genotype:
 def genotype_from_json(text: str, source: str = "genotype") -> Genotype:
     """Parse genotype JSON text; errors name ``source``."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GenotypeError(f"{source} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        data = loads_json(text, source, max_bytes=GENOTYPE_MAX_BYTES)
+    except JsonError as exc:
+        raise GenotypeError(str(exc)) from None
+    return _from_data(data, source)
+
+
+def _from_data(data: Any, source: str) -> Genotype:
     try:
         return Genotype.from_dict(data)
     except GenotypeError as exc:
@@ -199,15 +206,15 @@ def load_genotype_file(path: str | os.PathLike[str]) -> tuple[Genotype, dict[str
     """Read a genotype JSON file; return the genotype and its ``metadata`` dict."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = read_json(p, max_bytes=GENOTYPE_MAX_BYTES)
     except FileNotFoundError:
         raise GenotypeError(f"genotype file not found: {p}") from None
     except IsADirectoryError:
         raise GenotypeError(f"{p} is a directory, not a genotype file") from None
-    except UnicodeDecodeError:
-        raise GenotypeError(f"{p} is not a text JSON file") from None
-    genotype = genotype_from_json(text, str(p))
-    metadata = json.loads(text).get("metadata") or {}
+    except JsonError as exc:
+        raise GenotypeError(str(exc)) from None
+    genotype = _from_data(data, str(p))
+    metadata = data.get("metadata") or {}
     return genotype, metadata if isinstance(metadata, dict) else {}
 
 

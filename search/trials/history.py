@@ -16,9 +16,11 @@ from typing import Any
 
 from search.core.atomic import append_line
 from search.core.errors import NasdeployError
+from search.core.jsonio import JsonError, loads_json, read_limited
 from search.space.genotype import Genotype
 
-HISTORY_NAME = "trials.jsonl"
+HISTORY_MAX_BYTES = 256 * 1024 * 1024
+"""Largest trials.jsonl read (a record is about 1 kB)."""
 
 
 @dataclass
@@ -77,7 +79,7 @@ def _split(path: Path) -> tuple[list[TrialRecord], int]:
     """Parse the file; return the records and the byte length of the intact prefix."""
     if not path.exists():
         return [], 0
-    data = path.read_bytes()
+    data = read_limited(path, max_bytes=HISTORY_MAX_BYTES)
     records: list[TrialRecord] = []
     offset = 0
     lines = data.split(b"\n")
@@ -89,11 +91,12 @@ def _split(path: Path) -> tuple[list[TrialRecord], int]:
         try:
             if is_last:  # no newline after it: the write was cut short
                 raise ValueError("torn line")
-            records.append(TrialRecord.from_dict(json.loads(raw)))
+            records.append(TrialRecord.from_dict(loads_json(raw, f"line {number}", expect=dict)))
         except (ValueError, TypeError, AttributeError) as exc:
             if is_last:  # only a line without its newline can be a cut-short append
                 return records, offset
-            raise NasdeployError(f"{path}: line {number} is corrupt ({exc})") from None
+            reason = exc.reason.removeprefix("is ") if isinstance(exc, JsonError) else exc
+            raise NasdeployError(f"{path}: line {number} is corrupt ({reason})") from None
         offset += len(raw) + 1
     return records, offset
 
