@@ -2,13 +2,12 @@
 
 Everything here reads a run directory (``trials.jsonl``, ``genotype.json``,
 ``pareto.json``, ``config.json``) and returns plain data or Altair charts; the page
-code in :mod:`app.views` only displays them. The Pareto front and the selected trial
-come from :mod:`search.experiment.report`, so the app and ``summary.md`` always agree.
+code in :mod:`app.views` only displays them. The Pareto front comes from
+:mod:`search.trials.selection`, the rules ``summary.md`` uses, so the app and the report agree.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from search.core import jsonio
 from search.core.errors import NasdeployError
+from search.core.rundir import CONFIG_NAME, GENOTYPE_NAME, HISTORY_NAME, PARETO_JSON_NAME
 from search.core.units import parse_latency
-from search.experiment.report import GENOTYPE_NAME, PARETO_JSON
-from search.trials.history import HISTORY_NAME, TrialRecord, read_history
+from search.trials.history import TrialRecord, read_history
 from search.trials.selection import pareto_front
 
-CONFIG_NAME = "config.json"
 BUDGET_KEYS = ("latency_budget_ms", "latency_budget", "budget_ms")
 """Where runs keep the latency budget: ``pareto.json`` / ``genotype.json`` metadata store
 milliseconds (``latency_budget_ms``), ``config.json`` the CLI string (``"5ms"``)."""
@@ -68,10 +67,9 @@ def load_run(run_dir: str | Path) -> RunData:
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from ``path``, or ``None`` when it is missing or unreadable."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return jsonio.read_json(path, expect=dict, allow_nan=True)
+    except (OSError, jsonio.JsonError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def find_key(data: Any, keys: tuple[str, ...]) -> Any:
@@ -94,7 +92,7 @@ def find_key(data: Any, keys: tuple[str, ...]) -> Any:
 
 def latency_budget(run_dir: str | Path) -> float | None:
     """The run's latency budget in ms from config.json, pareto.json or genotype.json."""
-    for name in (CONFIG_NAME, PARETO_JSON, GENOTYPE_NAME):
+    for name in (CONFIG_NAME, PARETO_JSON_NAME, GENOTYPE_NAME):
         budget = budget_ms(find_key(read_json(Path(run_dir) / name), BUDGET_KEYS))
         if budget is not None:
             return budget

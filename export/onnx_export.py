@@ -3,7 +3,7 @@
 One call, :func:`export_model`, does the whole job: rebuild the network, export it with
 ``search.nn.onnxio.export_onnx``, simplify it with onnxslim (kept only if ONNX Runtime gives
 the same outputs), run the full ``onnx.checker`` and strict shape inference, write the
-:class:`serve.metadata.ModelInfo` into ``metadata_props``, compare ONNX Runtime with
+model card (:class:`search.space.card.ModelCard`) into ``metadata_props``, compare ONNX Runtime with
 PyTorch at batch 1 and a larger batch, optionally derive fp16 / int8 models, and publish
 ``model.onnx`` (+ ``model.fp16.onnx`` / ``model.int8.onnx``) and ``export_report.json``
 together. Everything is built in a staging folder first, so a failure leaves no files.
@@ -28,19 +28,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from export import quantize
+from export.metadata import write_card
+from export.verify import compare_outputs, open_session, run_session, warn
 from search.core.errors import NasdeployError
-from search.nn.checkpoint import ModelSpec, load_checkpoint
+from search.core.rundir import (
+    CHECKPOINT_NAME,
+    ENGINE_SUFFIX,
+    EXPORT_REPORT_NAME,
+    GENOTYPE_NAME,
+    MODEL_ONNX_NAME,
+    ONNX_SUFFIX,
+    sidecar_path,
+    variant_path,
+)
+from search.nn.checkpoint import build_from_card, load_checkpoint
 from search.nn.cost import count_macs, count_params
-from search.nn.onnxio import INPUT_NAME, MIN_OPSET, export_onnx, ort_session
+from search.nn.onnxio import MIN_OPSET, export_onnx
+from search.space.card import ModelCard
 from search.space.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
 from search.space.scale import parse_scale
-from serve.metadata import ModelInfo
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
 FP32_TOLERANCE = 1e-4
 SIMPLIFY_TOLERANCE = 1e-5
 LOGIT_SCALE = 10.0  # up to this |logit|, the fp32 tolerance is absolute
-REPORT_NAME = "export_report.json"
 REPORT_FORMAT = "nasdeploy-export-report"
 ACCURACY_KEYS = ("test_accuracy", "accuracy", "val_accuracy")
 
@@ -73,7 +85,7 @@ class LoadedModel:
     """A network ready to export, with the facts that go into its metadata."""
 
     model: nn.Module
-    spec: ModelSpec
+    spec: ModelCard
     name: str
     trained: bool
     checkpoint: Path | None = None
@@ -112,12 +124,12 @@ def resolve_source(source: str, weights: str | None) -> tuple[Path | None, Genot
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        if (path / "checkpoint.pt").is_file():
-            path = path / "checkpoint.pt"
-        elif (path / "genotype.json").is_file():
-            path = path / "genotype.json"
+        if (path / CHECKPOINT_NAME).is_file():
+            path = path / CHECKPOINT_NAME
+        elif (path / GENOTYPE_NAME).is_file():
+            path = path / GENOTYPE_NAME
         else:
-            raise NasdeployError(f"{path} holds neither checkpoint.pt nor genotype.json")
+            raise NasdeployError(f"{path} holds neither {CHECKPOINT_NAME} nor {GENOTYPE_NAME}")
     if weights is not None:
         ckpt = Path(weights).expanduser()
         if not ckpt.exists():
@@ -134,7 +146,8 @@ def resolve_source(source: str, weights: str | None) -> tuple[Path | None, Genot
 
 def _name_of(path: Path) -> str:
     """``runs/abc/checkpoint.pt`` -> ``abc``; ``best.json`` -> ``best``."""
-    return path.parent.name if path.stem in ("checkpoint", "genotype") and path.parent.name else path.stem
+    run_files = (Path(CHECKPOINT_NAME).stem, Path(GENOTYPE_NAME).stem)
+    return path.parent.name if path.stem in run_files and path.parent.name else path.stem
 
 
 def load_model(config: ExportConfig) -> LoadedModel:
@@ -153,13 +166,13 @@ def _random_model(genotype: Genotype, name: str, config: ExportConfig) -> Loaded
     num_classes = config.num_classes or 10
     if num_classes < 1:
         raise NasdeployError(f"--num-classes must be positive, got {num_classes}")
-    spec = ModelSpec(genotype, config.variant or "cifar", scale.image_size, num_classes,
-                     [str(i) for i in range(num_classes)])
-    model = spec.build().eval()
+    spec = ModelCard(genotype=genotype, scale=config.variant or "cifar", image_size=scale.image_size,
+                     num_classes=num_classes, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    model = build_from_card(spec).eval()
     return LoadedModel(model, spec, name, trained=False)
 
 
-def _check_matches(spec: ModelSpec, genotype: Genotype | None, config: ExportConfig, ckpt: Path) -> None:
+def _check_matches(spec: ModelCard, genotype: Genotype | None, config: ExportConfig, ckpt: Path) -> None:
     """Options given together with a checkpoint must agree with it."""
     if genotype is not None and genotype.to_dict() != spec.genotype.to_dict():
         raise NasdeployError(f"genotype {config.source!r} does not match the genotype stored in {ckpt}")
@@ -180,46 +193,21 @@ def output_path(config: ExportConfig, loaded: LoadedModel) -> Path:
     """``--out`` (a folder or an ``.onnx`` file), else next to the checkpoint or runs/export-<name>/."""
     if config.out:
         out = Path(config.out).expanduser()
-        return out if out.suffix.lower() == ".onnx" else out / "model.onnx"
+        return out if out.suffix.lower() == ONNX_SUFFIX else out / MODEL_ONNX_NAME
     if loaded.checkpoint is not None:
-        return loaded.checkpoint.parent / "model.onnx"
-    return Path("runs") / f"export-{loaded.name}" / "model.onnx"
-
-
-def variant_path(path: Path, precision: str) -> Path:
-    """``model.onnx`` -> ``model.int8.onnx``."""
-    return path.with_name(f"{path.stem}.{precision}{path.suffix}")
+        return loaded.checkpoint.parent / MODEL_ONNX_NAME
+    return Path("runs") / f"export-{loaded.name}" / MODEL_ONNX_NAME
 
 
 # --- metadata -----------------------------------------------------------------------------
 
 
-def model_info(loaded: LoadedModel, precision: str = "fp32") -> ModelInfo:
-    """The :class:`ModelInfo` written into the ONNX file."""
-    spec = loaded.spec
+def model_card(loaded: LoadedModel, precision: str = "fp32") -> ModelCard:
+    """The checkpoint's card completed with the export's facts, as written into the ONNX file."""
     accuracy = next((float(loaded.metrics[k]) for k in ACCURACY_KEYS if k in loaded.metrics), None)
-    return ModelInfo(
-        image_size=spec.image_size, mean=list(spec.mean), std=list(spec.std),
-        class_names=list(spec.class_names), precision=precision, scale=spec.scale,
-        genotype=spec.genotype.to_dict(), params=count_params(loaded.model),
-        macs=count_macs(loaded.model, spec.image_size), accuracy=accuracy, dataset=spec.dataset,
-        extra={"nasdeploy.weights": "trained" if loaded.trained else "random-init"},
-    )
-
-
-def write_metadata(path: Path, info: ModelInfo, doc: str = "") -> None:
-    """Replace the ``nasdeploy.*`` metadata of the ONNX file at ``path`` (in place)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props if not p.key.startswith("nasdeploy.")}
-    props.update(sorted(info.to_props().items()))  # info.extra may repeat foreign keys: one each
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    if doc:
-        model.doc_string = doc
-    onnx.save(model, str(path))
+    return replace(loaded.spec, precision=precision, params=count_params(loaded.model),
+                   macs=count_macs(loaded.model, loaded.spec.image_size), accuracy=accuracy,
+                   weights="trained" if loaded.trained else "random-init")
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -246,35 +234,6 @@ def check_onnx(path: Path, num_classes: int) -> dict[str, Any]:
 
 def _opset_of(model: Any) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def run_session(session: Any, x: np.ndarray, batch: int | None = None) -> np.ndarray:
-    """Run ``x`` through ``session``, in chunks of a fixed ``batch`` (padding the last)."""
-    if batch is None:
-        return session.run(None, {INPUT_NAME: x})[0].astype(np.float32)
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
-        outs.append(session.run(None, {INPUT_NAME: padded})[0][: len(chunk)])
-    return np.concatenate(outs).astype(np.float32)
-
-
-def open_session(path: Path) -> Any:
-    """ONNX Runtime CPU session; a model ORT rejects becomes a one-line error."""
-    try:
-        return ort_session(path)
-    except NasdeployError:
-        raise
-    except Exception as exc:  # onnxruntime raises its own pybind exception types
-        first = str(exc).strip().splitlines()[0][:200]
-        raise NasdeployError(f"ONNX Runtime cannot load {path.name}: {first}") from None
-
-
-def compare_outputs(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """Max abs error and top-1 agreement of two logit arrays."""
-    return {"max_abs_error": float(np.abs(reference - got).max()),
-            "top1_agreement": float((reference.argmax(1) == got.argmax(1)).mean())}
 
 
 def verification_batches(config: ExportConfig) -> list[int]:
@@ -371,7 +330,7 @@ def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
              "(fine for format and latency checks, useless for predictions)")
     final = output_path(config, loaded)
     spec = loaded.spec
-    info = model_info(loaded)
+    info = model_card(loaded)
     with staging_dir(final.parent) as stage:
         staged = stage / final.name
         log(f"exporting {loaded.name} ({spec.scale}, {spec.image_size} px, opset {config.opset}) ...")
@@ -382,7 +341,7 @@ def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
             (config.batch or 2, 3, spec.image_size, spec.image_size)).astype(np.float32)
         simplify = simplify_verified(stage / "raw.onnx", staged, probe)
         checks = check_onnx(staged, spec.num_classes)
-        write_metadata(staged, info, doc=f"nasdeploy NASNet {loaded.name} {spec.scale}")
+        write_card(staged, info, doc=f"nasdeploy NASNet {loaded.name} {spec.scale}")
         log("verifying ONNX Runtime against PyTorch ...")
         verification = verify_against_torch(loaded.model, staged, spec.image_size,
                                             verification_batches(config), config.seed)
@@ -390,9 +349,9 @@ def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
                          time.perf_counter() - started)
         files = {staged: final}
         extra = _derive_precisions(config, loaded, staged, final, info, report, files, log)
-        report_path = final.parent / REPORT_NAME
-        (stage / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        files[stage / REPORT_NAME] = report_path
+        report_path = final.parent / EXPORT_REPORT_NAME
+        (stage / EXPORT_REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        files[stage / EXPORT_REPORT_NAME] = report_path
         publish(files)
     _remove_stale(final, extra, log)
     return ExportResult(final, report_path, report, extra)
@@ -408,13 +367,11 @@ def _validate(config: ExportConfig) -> None:
 
 
 def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, final: Path,
-                       info: ModelInfo, report: dict[str, Any], files: dict[Path, Path],
+                       info: ModelCard, report: dict[str, Any], files: dict[Path, Path],
                        log: Any) -> dict[str, Path]:
     """fp16 / int8 siblings of the staged fp32 model; fills ``report`` and ``files``."""
     if not (config.fp16 or config.int8):
         return {}
-    from export import quantize
-
     data = quantize.evaluation_data(config, info, loaded.spec.dataset, log)
     extra: dict[str, Path] = {}
     for precision, wanted in (("fp16", config.fp16), ("int8", config.int8)):
@@ -441,20 +398,18 @@ def _remove_stale(final: Path, written: dict[str, Path], log: Any) -> None:
     They were derived from the previous ``model.onnx`` and no longer match it; a runtime
     would otherwise serve the old weights under the new metadata.
     """
-    from serve.trt_backend import sidecar_path
-
     for precision in ("fp16", "int8"):
         old = variant_path(final, precision)
         if precision not in written and old.exists():
             old.unlink()
             log(f"removed stale {old.name} (derived from an earlier export)")
-    for engine in sorted(final.parent.glob(f"{final.stem}*.engine")):
+    for engine in sorted(final.parent.glob(f"{final.stem}*{ENGINE_SUFFIX}")):
         engine.unlink()
         sidecar_path(engine).unlink(missing_ok=True)
         log(f"removed stale {engine.name} (built from an earlier export; rebuild it)")
 
 
-def _report(config: ExportConfig, loaded: LoadedModel, final: Path, info: ModelInfo,
+def _report(config: ExportConfig, loaded: LoadedModel, final: Path, info: ModelCard,
             checks: dict[str, Any], simplify: dict[str, Any], verification: list[dict[str, Any]],
             seconds: float) -> dict[str, Any]:
     import onnx
@@ -470,16 +425,11 @@ def _report(config: ExportConfig, loaded: LoadedModel, final: Path, info: ModelI
         "verification": {"reference": "PyTorch eager (CPU, eval mode)", "runtime": "onnxruntime CPU",
                          "inputs": f"standard normal, seed {config.seed}",
                          "tolerance_max_abs": FP32_TOLERANCE, "batches": verification},
-        "model_info": info.to_json_dict(),
+        "model_info": info.to_dict(),
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]},
         "export_seconds": round(seconds, 3),
     }
-
-
-def warn(message: str) -> None:
-    """One ``warning: ...`` line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def summary_lines(result: ExportResult) -> list[str]:

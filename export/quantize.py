@@ -7,7 +7,7 @@
   weights and *symmetric* int8 activations (zero point 0), the form TensorRT's explicit
   quantization accepts; calibrated by a :class:`ImageCalibrationReader` over real images.
 
-Each derived model is checked (``onnx.checker`` full check), carries the same metadata
+Each derived model is checked (``onnx.checker`` full check), carries the same model card
 with its own ``precision``, and is compared with the fp32 model on held-out images:
 top-1 agreement, max abs logit error and, when the labels fit the model, accuracy.
 """
@@ -18,15 +18,16 @@ import contextlib
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.onnx_export import compare_outputs, open_session, run_session, warn, write_metadata
+from export.metadata import retag_precision, write_card
+from export.verify import compare_outputs, open_session, run_session, warn
 from search.core.errors import NasdeployError
-from serve.metadata import ModelInfo, ModelInfoError
+from search.space.card import ModelCard
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIB_BATCH = 32
@@ -105,7 +106,7 @@ def _as_reader(reader: ImageCalibrationReader) -> Any:
 # --- data ---------------------------------------------------------------------------------
 
 
-def normalise(images_uint8: Any, info: ModelInfo) -> np.ndarray:
+def normalise(images_uint8: Any, info: ModelCard) -> np.ndarray:
     """uint8 NCHW RGB -> float32 normalised with the model's own mean/std."""
     x = np.asarray(images_uint8, dtype=np.float32) / 255.0
     mean = np.asarray(info.mean, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -125,7 +126,7 @@ def dataset_arguments(calib_data: str, data_dir: str | None) -> tuple[str, str |
         f"--calib-data {calib_data!r} is neither a dataset ({', '.join(DATASETS)}) nor an image folder")
 
 
-def load_images(calib_data: str, data_dir: str | None, info: ModelInfo, calib_size: int,
+def load_images(calib_data: str, data_dir: str | None, info: ModelCard, calib_size: int,
                 eval_size: int, seed: int = 0) -> EvalData:
     """Calibration images from the training split, held-out ones from test (or validation)."""
     import torch
@@ -152,14 +153,14 @@ def load_images(calib_data: str, data_dir: str | None, info: ModelInfo, calib_si
     )
 
 
-def random_inputs(info: ModelInfo, samples: int = RANDOM_SAMPLES, seed: int = 0) -> EvalData:
+def random_inputs(info: ModelCard, samples: int = RANDOM_SAMPLES, seed: int = 0) -> EvalData:
     """Seeded standard-normal inputs when no dataset is available (fp16 only)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((samples, 3, info.image_size, info.image_size)).astype(np.float32)
     return EvalData(None, x, None, "random standard-normal inputs")
 
 
-def evaluation_data(config: Any, info: ModelInfo, dataset: str | None, log: Any = print) -> EvalData:
+def evaluation_data(config: Any, info: ModelCard, dataset: str | None, log: Any = print) -> EvalData:
     """Images for ``--fp16``/``--int8``: ``--calib-data``, else the checkpoint's dataset.
 
     int8 needs real images; fp16 falls back to random inputs (with a warning).
@@ -194,16 +195,7 @@ def convert_fp16(src: Path, dst: Path) -> None:
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     sort_nodes(model.graph)
     onnx.save(model, str(dst))
-    _retag(dst, "fp16")
-
-
-def _retag(path: Path, precision: str) -> None:
-    """Set ``precision`` in the nasdeploy metadata the converters copied from the source."""
-    try:
-        info = ModelInfo.from_onnx(path)
-    except ModelInfoError:
-        return  # not a nasdeploy model: nothing to correct
-    write_metadata(path, replace(info, precision=precision))
+    retag_precision(dst, "fp16")
 
 
 def sort_nodes(graph: Any) -> None:
@@ -247,7 +239,7 @@ def quantize_qdq(src: Path, dst: Path, images: np.ndarray, *, method: str = "min
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             calibration_cache_path=None,
         )
-    _retag(dst, "int8")
+    retag_precision(dst, "int8")
 
 
 @contextlib.contextmanager
@@ -267,8 +259,8 @@ def _quiet():
 # --- derive + compare -----------------------------------------------------------------------
 
 
-def _finish(src: Path, dst: Path, info: ModelInfo, data: EvalData, fixed_batch: int | None) -> dict[str, Any]:
-    """Check ``dst``, write its metadata and compare it with ``src`` on ``data``."""
+def _finish(src: Path, dst: Path, info: ModelCard, data: EvalData, fixed_batch: int | None) -> dict[str, Any]:
+    """Check ``dst``, write its model card and compare it with ``src`` on ``data``."""
     import onnx
 
     try:
@@ -276,7 +268,7 @@ def _finish(src: Path, dst: Path, info: ModelInfo, data: EvalData, fixed_batch: 
     except onnx.checker.ValidationError as exc:
         raise NasdeployError(f"{info.precision} model fails onnx.checker: "
                              f"{str(exc).strip().splitlines()[0][:200]}") from None
-    write_metadata(dst, info)
+    write_card(dst, info)
     return compare_models(src, dst, data, fixed_batch)
 
 
@@ -294,7 +286,7 @@ def compare_models(reference: Path, candidate: Path, data: EvalData,
     return section
 
 
-def make_fp16(src: Path, dst: Path, info: ModelInfo, data: EvalData,
+def make_fp16(src: Path, dst: Path, info: ModelCard, data: EvalData,
               fixed_batch: int | None = None) -> dict[str, Any]:
     """fp16 model at ``dst`` (float32 I/O) and its comparison with ``src``."""
     convert_fp16(src, dst)
@@ -303,7 +295,7 @@ def make_fp16(src: Path, dst: Path, info: ModelInfo, data: EvalData,
     return section
 
 
-def make_int8(src: Path, dst: Path, info: ModelInfo, data: EvalData, *, method: str = "minmax",
+def make_int8(src: Path, dst: Path, info: ModelCard, data: EvalData, *, method: str = "minmax",
               fixed_batch: int | None = None) -> dict[str, Any]:
     """QDQ int8 model at ``dst`` and its comparison with ``src``."""
     if data.calib is None:

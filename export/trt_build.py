@@ -22,10 +22,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from export.quantize import make_fp16, random_inputs
 from search.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from search.core.errors import NasdeployError
-from serve.metadata import ModelInfo, ModelInfoError
-from serve.trt_backend import import_cudart, sidecar_path
+from search.core.rundir import ENGINE_SUFFIX, ENGINE_SUFFIXES, engine_path, sidecar_path, variant_path
+from search.space.card import ModelCard
+from serve.metadata import read_onnx_card
+from serve.trt_backend import import_cudart
 
 INSTALL_HINT = "pip install 'nasdeploy[gpu]' on a machine with an NVIDIA GPU and its CUDA driver"
 SIDECAR_FORMAT = "nasdeploy-engine"
@@ -67,7 +70,7 @@ class BuildPlan:
 
     onnx: Path
     engine: Path
-    info: ModelInfo
+    info: ModelCard
     precision: str
     profile: Profile
     workspace_mb: int
@@ -85,16 +88,13 @@ class BuildPlan:
 # --- planning (no TensorRT needed) ----------------------------------------------------------
 
 
-def read_model(path: Path) -> tuple[ModelInfo, str, list[int | str]]:
-    """Metadata, input name and input dims (``'batch'`` for a dynamic batch) of an ONNX file."""
+def read_model(path: Path) -> tuple[ModelCard, str, list[int | str]]:
+    """Model card, input name and input dims (``'batch'`` for a dynamic batch) of an ONNX file."""
     import onnx
 
     if not path.is_file():
         raise NasdeployError(f"ONNX model not found: {path}")
-    try:
-        info = ModelInfo.from_onnx(path)
-    except ModelInfoError as exc:
-        raise NasdeployError(str(exc)) from None
+    info = read_onnx_card(path)
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
@@ -127,7 +127,7 @@ def profile_shapes(input_name: str, dims: list[int | str], min_batch: int | None
     return Profile(input_name, (low, *chw), (opt, *chw), (high, *chw), dynamic=True)  # type: ignore[arg-type]
 
 
-def choose_onnx(path: Path, info: ModelInfo, fp16: bool, int8: bool) -> tuple[Path, str, bool]:
+def choose_onnx(path: Path, info: ModelCard, fp16: bool, int8: bool) -> tuple[Path, str, bool]:
     """The ONNX file to build from for the requested precision: (path, precision, must derive).
 
     ``--fp16`` on an fp32 model uses (or derives) ``<stem>.fp16.onnx``; ``--int8`` needs a
@@ -142,7 +142,7 @@ def choose_onnx(path: Path, info: ModelInfo, fp16: bool, int8: bool) -> tuple[Pa
     if have != "fp32":
         raise NasdeployError(f"{path.name} is an {have} model; --{want} needs the fp32 model.onnx or "
                              f"its .{want}.onnx sibling")
-    sibling = path.with_name(f"{path.stem}.{want}{path.suffix}")
+    sibling = variant_path(path, want)
     if sibling.is_file():
         return sibling, want, False
     if want == "int8":
@@ -172,10 +172,10 @@ def _engine_path(out: str | None, onnx_path: Path) -> Path:
     """``--out`` (engine file or folder), else ``<onnx stem>.engine`` beside the ONNX."""
     if out:
         target = Path(out).expanduser()
-        if target.suffix in (".engine", ".plan", ".trt"):
+        if target.suffix in ENGINE_SUFFIXES:
             return target
-        return target / f"{onnx_path.stem}.engine"
-    return onnx_path.with_suffix(".engine")
+        return target / f"{onnx_path.stem}{ENGINE_SUFFIX}"
+    return engine_path(onnx_path)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -234,8 +234,6 @@ def derive_fp16(plan: BuildPlan) -> dict[str, Any]:
     Goes through the same checks as ``export.onnx --fp16`` (onnx.checker, metadata,
     agreement with the fp32 model on seeded inputs); returns that comparison.
     """
-    from export.quantize import make_fp16, random_inputs
-
     if plan.source is None:
         raise NasdeployError(f"{plan.onnx.name} is not derived from another model")
     fixed = None if plan.profile.dynamic else plan.profile.min[0]
@@ -315,7 +313,7 @@ def _sidecar(trt: Any, plan: BuildPlan, size: int) -> dict[str, Any]:
     """The ``model.engine.json`` written next to the engine (``serve`` reads ``model_info``)."""
     return {
         "format": SIDECAR_FORMAT, "version": 1,
-        "model_info": plan.info.to_json_dict(),
+        "model_info": plan.info.to_dict(),
         "build": {"onnx": plan.onnx.name, "onnx_sha256": hashlib.sha256(plan.onnx.read_bytes()).hexdigest(),
                   "precision": plan.precision, "strongly_typed": True,
                   "profile": asdict(plan.profile), "workspace_mb": plan.workspace_mb,

@@ -21,6 +21,7 @@ import torch
 
 from search.core.atomic import atomic_write_text, unique_path
 from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
+from search.core.rundir import CHECKPOINT_NAME, TRAIN_LOG_NAME
 from search.data.datasets import DATASETS, DataBundle, load_dataset
 from search.nn.device import resolve_device
 from search.space.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
@@ -33,9 +34,6 @@ from search.training.loop import (
     steps_per_epoch,
     train_epoch,
 )
-
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "train_log.jsonl"
 
 
 @dataclass
@@ -82,8 +80,9 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True) -> Fi
     Raises:
         NasdeployError: bad genotype, variant, dataset or output directory; a diverged run.
     """
-    from search.nn.checkpoint import ModelSpec, read_checkpoint, save_checkpoint
+    from search.nn.checkpoint import read_checkpoint, save_checkpoint
     from search.nn.model import build_model
+    from search.space.card import ModelCard
     from search.space.scale import parse_scale
 
     genotype = load_genotype(settings.genotype)
@@ -98,7 +97,7 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True) -> Fi
                         val_fraction=settings.val_fraction, train_size=settings.train_size,
                         seed=config.seed)
     scale = parse_scale(settings.variant, data.image_size)
-    spec = ModelSpec(genotype=genotype, scale=scale.label, image_size=data.image_size,
+    spec = ModelCard(genotype=genotype, scale=scale.label, image_size=data.image_size,
                      num_classes=data.num_classes, class_names=data.class_names,
                      mean=data.mean, std=data.std, auxiliary=settings.auxiliary,
                      dataset=data.name)
@@ -118,7 +117,7 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True) -> Fi
                                   progress))
         training = _training_state(settings, optimizer, scheduler, history)
         save_checkpoint(ckpt_path, model, spec, metrics=_metrics(history), training=training)
-        _write_log(out_dir / LOG_NAME, history)
+        _write_log(out_dir / TRAIN_LOG_NAME, history)
         _print_epoch(history[-1], config.epochs)
     test_accuracy = evaluate_accuracy(model, data.test, device) if data.test else None
     metrics = {**_metrics(history), "test_accuracy": test_accuracy}

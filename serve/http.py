@@ -10,6 +10,13 @@ backend. ``GET /`` or ``/info``: the model's metadata. Bad requests get a 4xx JS
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # a file on sys.path[0] would shadow imports
+    import sys
+
+    print("error: run this as `python -m serve.http ...`, not as a file "
+          "(serve/http.py would shadow the standard library's http)", file=sys.stderr)
+    raise SystemExit(2)
+
 import argparse
 import logging
 import re
@@ -92,7 +99,7 @@ class _Service:
 
     async def info(self, request: Request) -> JSONResponse:
         return JSONResponse({
-            "metadata": self.runtime.info.to_json_dict(),
+            "metadata": self.runtime.info.to_dict(),
             "runtime": self.description,
             "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels},
             "top_k": self.top_k,

@@ -1,133 +1,85 @@
-"""What a deployed model file says about itself (torch-free).
+"""The ``metadata_props`` codec of the model card, and the card readers ``serve`` uses.
 
-Every ONNX file written by ``export.onnx`` carries these facts in its
-``metadata_props`` (keys prefixed ``nasdeploy.``), and every TensorRT engine has them
-in a ``<engine>.json`` sidecar, so runtimes and the demo app need no other file.
+Every ONNX file written by ``export.onnx`` carries its :class:`~search.space.card.ModelCard`
+in ``metadata_props``: one ``nasdeploy.<field>`` key per known field that is set, strings
+as they are, integers and numbers as ``str()``, everything else (genotype, mean, std,
+class names, auxiliary) as JSON. Every TensorRT engine has the card in its
+``<engine>.json`` sidecar under ``model_info``. Torch-free; ``onnx`` is imported only to
+read a file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+from search.core.jsonio import JsonError, read_json
+from search.space.card import FIELD_KINDS, REQUIRED, VERSION_KEY, CardError, ModelCard, parse_json
+
 PREFIX = "nasdeploy."
-METADATA_VERSION = 1
-_JSON_FIELDS = {"genotype", "mean", "std", "class_names"}
-_INT_FIELDS = {"format_version", "image_size", "resize", "params", "macs"}
-_FLOAT_FIELDS = {"accuracy"}
+_PLAIN = {"str": str, "int": int, "float": float}
 
 
-class ModelInfoError(ValueError):
-    """The model file lacks nasdeploy metadata or carries malformed metadata."""
+def is_card_key(key: str) -> bool:
+    """Whether a ``metadata_props`` key belongs to the card (``nasdeploy.*``)."""
+    return key.startswith(PREFIX)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """Preprocessing and provenance facts that travel inside a model file."""
+def to_props(card: ModelCard) -> dict[str, str]:
+    """The card as ONNX ``metadata_props`` (string keys and values; unset fields left out)."""
+    props: dict[str, str] = {}
+    for name, value in card.to_dict().items():
+        if value is None:
+            continue
+        kind = "int" if name == VERSION_KEY else FIELD_KINDS[name]
+        props[PREFIX + name] = str(value) if kind in _PLAIN else json.dumps(value)
+    return props
 
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    class_names: list[str]
-    resize: int | None = None
-    layout: str = "NCHW"
-    channel_order: str = "RGB"
-    precision: str = "fp32"
-    scale: str = ""
-    genotype: dict[str, Any] | None = None
-    params: int | None = None
-    macs: int | None = None
-    accuracy: float | None = None
-    dataset: str | None = None
-    format_version: int = METADATA_VERSION
-    extra: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def resize_to(self) -> int:
-        """Short side to resize to before the centre crop (defaults to the crop size)."""
-        return self.resize or self.image_size
-
-    def to_props(self) -> dict[str, str]:
-        """Serialise to ONNX ``metadata_props`` (string keys and values)."""
-        props: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "extra" or value is None:
-                continue
-            props[PREFIX + f.name] = json.dumps(value) if f.name in _JSON_FIELDS else str(value)
-        props.update(self.extra)
-        return props
-
-    @classmethod
-    def from_props(cls, props: dict[str, str]) -> ModelInfo:
-        """Parse ``metadata_props``; raise :class:`ModelInfoError` when they are unusable."""
-        known = {f.name for f in fields(cls)} - {"extra"}
-        values: dict[str, Any] = {}
-        extra: dict[str, str] = {}
-        for key, raw in props.items():
-            name = key[len(PREFIX):] if key.startswith(PREFIX) else None
-            if name not in known:
-                extra[key] = raw
-                continue
-            try:
-                values[name] = _parse_value(name, raw)
-            except ValueError as exc:
-                raise ModelInfoError(f"metadata field {key!r} is malformed: {exc}") from None
-        missing = [n for n in ("image_size", "mean", "std", "class_names") if n not in values]
-        if missing:
-            raise ModelInfoError(
-                "model has no nasdeploy metadata (missing "
-                + ", ".join(PREFIX + m for m in missing)
-                + "); export it with `python -m export.onnx`"
-            )
-        return cls(**values, extra=extra)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON sidecars."""
-        return asdict(self)
-
-    @classmethod
-    def from_json_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        """Inverse of :meth:`to_json_dict`."""
-        known = {f.name for f in fields(cls)}
+def from_props(props: Mapping[str, str]) -> ModelCard:
+    """Parse ``metadata_props`` (other keys are ignored); :class:`CardError` when unusable."""
+    values: dict[str, Any] = {}
+    for key, raw in props.items():
+        name = key[len(PREFIX):] if is_card_key(key) else ""
+        kind = "int" if name == VERSION_KEY else FIELD_KINDS.get(name)
+        if kind is None:
+            continue
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:
-            raise ModelInfoError(f"model metadata is incomplete: {exc}") from None
-
-    @classmethod
-    def from_onnx(cls, path: str | os.PathLike[str]) -> ModelInfo:
-        """Read the metadata of an ONNX file (weights are not loaded)."""
-        import onnx
-
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except FileNotFoundError:
-            raise ModelInfoError(f"model file not found: {path}") from None
-        except Exception as exc:  # onnx raises DecodeError and others on garbage
-            raise ModelInfoError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
-        return cls.from_props({p.key: p.value for p in model.metadata_props})
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike[str]) -> ModelInfo:
-        """Read a JSON sidecar such as ``model.engine.json`` (its ``model_info`` entry)."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelInfoError(f"metadata file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelInfoError(f"{path} is not valid JSON: {exc}") from None
-        return cls.from_json_dict(data.get("model_info", data))
+            values[name] = _PLAIN[kind](raw) if kind in _PLAIN else parse_json(raw, repr(key))
+        except (ValueError, CardError) as exc:
+            raise CardError(f"metadata field {key!r} is malformed: {exc}") from None
+    missing = [n for n in REQUIRED if n not in values]
+    if "class_names" not in values and "num_classes" not in values:
+        missing.append("class_names")
+    if missing:
+        raise CardError("model has no nasdeploy metadata (missing " + ", ".join(PREFIX + m for m in missing)
+                        + "); export it with `python -m export.onnx`")
+    return ModelCard.from_dict(values, "model metadata")
 
 
-def _parse_value(name: str, raw: str) -> Any:
-    if name in _JSON_FIELDS:
-        return json.loads(raw)
-    if name in _INT_FIELDS:
-        return int(raw)
-    if name in _FLOAT_FIELDS:
-        return float(raw)
-    return raw
+def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard:
+    """The card in an ONNX file's metadata (weights are not loaded)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise CardError(f"model file not found: {path}") from None
+    except Exception as exc:  # onnx raises DecodeError and others on garbage
+        raise CardError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
+    return from_props({p.key: p.value for p in model.metadata_props})
+
+
+def read_sidecar_card(path: str | os.PathLike[str]) -> ModelCard:
+    """The card in a JSON sidecar such as ``model.engine.json`` (its ``model_info`` entry)."""
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise CardError(f"metadata file not found: {path}") from None
+    except JsonError as exc:
+        raise CardError(str(exc)) from None
+    if isinstance(data, Mapping) and "model_info" in data:
+        data = data["model_info"]
+    return ModelCard.from_dict(data, str(path))

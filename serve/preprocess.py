@@ -1,6 +1,6 @@
 """Image loading, preprocessing and top-k, shared by every backend.
 
-Everything here is read from the model's :class:`~serve.metadata.ModelInfo`:
+Everything here is read from the model's card (:class:`~search.space.card.ModelCard`):
 resize of the short side to ``info.resize_to``, centre crop to ``info.image_size``,
 scaling to 0..1, ``(x - mean) / std`` and NCHW float32 layout.
 """
@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from search.data.images import center_crop, resize_short_side, to_rgb
+from search.space.card import ModelCard
 from serve.errors import ImageError, ImageTooLargeError
-from serve.metadata import ModelInfo
 
 MAX_PIXELS = 50_000_000
 """Default refusal threshold for decoded images (about 7000 x 7000)."""
@@ -67,7 +67,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS) -> I
         raise ImageError(f"{label} is a broken or truncated image ({_short(exc)})") from None
 
 
-def preprocess(images: Sequence[Image.Image], info: ModelInfo) -> np.ndarray:
+def preprocess(images: Sequence[Image.Image], info: ModelCard) -> np.ndarray:
     """Turn images into the model's input batch.
 
     Args:

@@ -17,16 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from search.core.rundir import sidecar_path
+from search.space.card import CardError, ModelCard
 from serve.errors import ServeError
-from serve.metadata import ModelInfo, ModelInfoError
+from serve.metadata import read_sidecar_card
 from serve.runtime import Runtime, softmax
 
 INSTALL_HINT = "pip install 'nasdeploy[gpu]' (tensorrt, cuda-python) on a machine with an NVIDIA GPU"
-
-
-def sidecar_path(engine: Path) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    return engine.with_name(engine.name + ".json")
 
 
 def missing_dependencies() -> list[str]:
@@ -60,8 +57,8 @@ def load(path: Path, device: str = "auto") -> TrtRuntime:
     if missing:
         raise ServeError(f"the tensorrt backend needs {' and '.join(missing)}: {INSTALL_HINT}")
     try:
-        info = ModelInfo.from_json(sidecar_path(path))
-    except ModelInfoError as exc:
+        info = read_sidecar_card(sidecar_path(path))
+    except CardError as exc:
         raise ServeError(f"{exc} (every engine needs its {sidecar_path(path).name})") from None
     import tensorrt as trt
 
@@ -73,7 +70,7 @@ class TrtRuntime(Runtime):
 
     backend = "tensorrt"
 
-    def __init__(self, path: Path, info: ModelInfo, trt: ModuleType, cudart: ModuleType):
+    def __init__(self, path: Path, info: ModelCard, trt: ModuleType, cudart: ModuleType):
         self.path = Path(path)
         self.info = info
         self._trt = trt

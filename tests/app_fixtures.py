@@ -13,10 +13,11 @@ from pathlib import Path
 
 from serve_fixtures import build_tiny_model, export_tiny, make_info
 
+from search.core.rundir import HISTORY_NAME
 from search.experiment.report import ReportContext, write_report
 from search.nn.cost import count_params
 from search.space.genotype import REFERENCE_GENOTYPES
-from search.trials.history import HISTORY_NAME, TrialRecord, append_record
+from search.trials.history import TrialRecord, append_record
 
 CIFAR_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",

@@ -1,6 +1,8 @@
-"""A tiny real NASNet exported to ONNX with nasdeploy metadata, for the serve tests.
+"""Tiny real ONNX models with nasdeploy metadata, for the serve tests.
 
-Torch is fine here (tests only); ``serve`` itself never imports it.
+Importing this module needs no torch (``serve`` never imports it either): the NASNet
+helpers import torch when called, and :func:`make_onnx_classifier` builds a small
+convolutional classifier with ``onnx.helper`` alone.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from search.nn.model import build_model
-from search.nn.onnxio import export_onnx
+from search.space.card import ModelCard
 from search.space.genotype import load_genotype
-from serve.metadata import ModelInfo
+from serve.metadata import to_props
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SIZE = 16
 RESIZE = 18
@@ -34,10 +39,10 @@ class TinyModel:
 
     model: torch.nn.Module
     path: Path
-    info: ModelInfo
+    info: ModelCard
 
 
-def make_info(**overrides) -> ModelInfo:
+def make_info(**overrides) -> ModelCard:
     """Metadata for the tiny model (overridable per test)."""
     genotype = load_genotype("nasnet-a")
     values = dict(
@@ -47,11 +52,11 @@ def make_info(**overrides) -> ModelInfo:
         std=STD,
         class_names=CLASS_NAMES,
         scale="1@16",
-        genotype=genotype.to_dict(),
+        genotype=genotype,
         dataset="synthetic",
     )
     values.update(overrides)
-    return ModelInfo(**values)
+    return ModelCard(**values)
 
 
 def build_tiny_model(seed: int = 0) -> torch.nn.Module:
@@ -61,6 +66,10 @@ def build_tiny_model(seed: int = 0) -> torch.nn.Module:
     passes give them real statistics, and scaling the classifier spreads the logits,
     so different images get clearly different probabilities.
     """
+    import torch
+
+    from search.nn.model import build_model
+
     torch.manual_seed(seed)
     model = build_model(load_genotype("nasnet-a"), "1@16", num_classes=10, image_size=IMAGE_SIZE)
     model.train()
@@ -71,11 +80,11 @@ def build_tiny_model(seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def attach_metadata(path: Path, info: ModelInfo) -> None:
+def attach_metadata(path: Path, info: ModelCard) -> None:
     """Write ``info`` into the ONNX file's ``metadata_props``."""
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
-    for key, value in info.to_props().items():
+    for key, value in to_props(info).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
@@ -84,12 +93,14 @@ def attach_metadata(path: Path, info: ModelInfo) -> None:
 def export_tiny(
     model: torch.nn.Module,
     path: Path,
-    info: ModelInfo | None = None,
+    info: ModelCard | None = None,
     *,
     dynamic_batch: bool = True,
     batch_size: int = 1,
 ) -> TinyModel:
     """Export ``model`` with the project's exporter and attach metadata."""
+    from search.nn.onnxio import export_onnx
+
     info = info or make_info()
     export_onnx(model, path, IMAGE_SIZE, dynamic_batch=dynamic_batch, batch_size=batch_size)
     attach_metadata(path, info)
@@ -98,6 +109,8 @@ def export_tiny(
 
 def export_fp16(model: torch.nn.Module, path: Path, *, fp32_input: bool) -> TinyModel:
     """An fp16 copy of ``model``; with ``fp32_input`` the graph casts a float32 input itself."""
+    import torch
+
     half = copy.deepcopy(model).half().eval()
     example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float16)
     with torch.no_grad(), warnings.catch_warnings():
@@ -132,8 +145,56 @@ def _cast_input_to_fp16(path: Path) -> None:
     onnx.save(proto, str(path))
 
 
+def make_onnx_classifier(path: Path, seed: int = 0) -> Path:
+    """A torch-free tiny classifier (3x3 conv, ReLU, global pool, linear) with :func:`make_info`.
+
+    Built with ``onnx.helper`` from seeded random weights; dynamic batch, input ``input``
+    of shape (N, 3, 16, 16), output ``logits`` with one column per class.
+    """
+    rng = np.random.default_rng(seed)
+    classes, size = len(CLASS_NAMES), IMAGE_SIZE
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 1, (8, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "conv_b"),
+        numpy_helper.from_array(rng.normal(0, 2, (8, classes)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=weights,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8  # readable by every onnxruntime the serve extra allows
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+    attach_metadata(path, make_info())
+    return path
+
+
+def served_model(path: Path) -> Path:
+    """A model for end-to-end serving: the tiny NASNet when torch is importable, else the
+    :func:`make_onnx_classifier` one (both real ONNX files with nasdeploy metadata)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return make_onnx_classifier(path)
+    return export_tiny(build_tiny_model(), path).path
+
+
 def torch_probs(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
     """Softmax of the torch model on a preprocessed batch."""
+    import torch
+
     with torch.no_grad():
         return torch.softmax(model(torch.from_numpy(batch)), dim=-1).numpy()
 

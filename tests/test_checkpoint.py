@@ -6,17 +6,19 @@ import pytest
 import torch
 
 from search.core.errors import NasdeployError
-from search.nn.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from search.nn.checkpoint import build_from_card, load_checkpoint, save_checkpoint
+from search.space.card import ModelCard
 from search.space.genotype import LITE, NASNET_A
 
 
-def _spec(genotype=NASNET_A, scale="1@24") -> ModelSpec:
-    return ModelSpec(genotype, scale, 16, 3, ["a", "b", "c"], (0.1, 0.2, 0.3), (0.5, 0.5, 0.5), True, "toy")
+def _spec(genotype=NASNET_A, scale="1@24") -> ModelCard:
+    return ModelCard(genotype=genotype, scale=scale, image_size=16, class_names=["a", "b", "c"],
+                     mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5), auxiliary=True, dataset="toy")
 
 
 def test_round_trip_restores_outputs(tmp_path):
     spec = _spec()
-    model = spec.build()
+    model = build_from_card(spec)
     model.train()
     with torch.no_grad():
         model(torch.randn(4, 3, 16, 16))  # update BN statistics
@@ -46,7 +48,7 @@ def test_bad_checkpoints(tmp_path):
 def test_weights_that_do_not_match_the_genotype(tmp_path):
     spec = _spec()
     path = tmp_path / "ck.pt"
-    save_checkpoint(path, spec.build(), spec)
+    save_checkpoint(path, build_from_card(spec), spec)
     data = torch.load(path, weights_only=True)
     data["spec"] = _spec(LITE).to_dict()
     torch.save(data, path)

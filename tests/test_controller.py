@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from search.core.rundir import CONTROLLER_NAME
 from search.nn.ops import OP_NAMES
 from search.space.searchspace import SearchSpace
 from search.strategies.base import Outcome, StrategyConfig
-from search.strategies.rl import CHECKPOINT_NAME, Controller, PPOTrainer, RLStrategy
+from search.strategies.rl import Controller, PPOTrainer, RLStrategy
 from search.trials.history import TrialRecord, utc_now
 
 
@@ -86,8 +87,8 @@ def test_checkpoint_and_resume_continue_exactly_where_the_run_stopped(tmp_path):
     interrupted = RLStrategy(config)
     interrupted.resume([])
     done = _records(interrupted, 6)  # one PPO update after 4, two into the next batch
-    assert (tmp_path / CHECKPOINT_NAME).exists()
-    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["observed"] == 4
+    assert (tmp_path / CONTROLLER_NAME).exists()
+    assert torch.load(tmp_path / CONTROLLER_NAME, weights_only=False)["observed"] == 4
 
     resumed = RLStrategy(config)
     resumed.resume(done)

@@ -17,7 +17,7 @@ from export.onnx_export import ExportConfig, export_model, verify_against_torch
 from search.core.errors import NasdeployError
 from search.nn.checkpoint import load_checkpoint
 from search.nn.cost import count_params
-from search.nn.onnxio import ort_session
+from search.runtime.sessions import SessionSettings, create_session
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_onnxruntime_predictions_match_pytorch_on_real_images(exported):
     x, _ = digits_test_images(48)
     with torch.no_grad():
         expected = model(x).numpy()
-    got = ort_session(result.model_path).run(None, {"input": x.numpy()})[0]
+    got = create_session(result.model_path, SessionSettings(device="cpu")).run(None, {"input": x.numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-4
     assert (got.argmax(1) == expected.argmax(1)).all()
 
@@ -67,7 +67,7 @@ def test_metadata_reads_back_in_a_fresh_process_with_onnx_alone(exported):
     props = data["props"]
     assert data["torch"] is False
     assert json.loads(props["nasdeploy.genotype"]) == spec.genotype.to_dict()
-    assert json.loads(props["nasdeploy.class_names"]) == spec.class_names
+    assert json.loads(props["nasdeploy.class_names"]) == list(spec.class_names)
     assert json.loads(props["nasdeploy.mean"]) == list(spec.mean)
     assert json.loads(props["nasdeploy.std"]) == list(spec.std)
     assert props["nasdeploy.scale"] == SCALE

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from search.core.rundir import HISTORY_NAME
 from search.evaluation.reward import RewardConfig
 from search.experiment.loop import Evaluator, run_loop
 from search.nn.cost import model_cost
@@ -21,7 +22,7 @@ from search.space.genotype import REFERENCE_GENOTYPES, Genotype
 from search.space.scale import parse_scale
 from search.space.searchspace import SearchSpace
 from search.strategies.base import Outcome, Proposal, Strategy, StrategyConfig, create_strategy
-from search.trials.history import HISTORY_NAME, read_history
+from search.trials.history import read_history
 
 SCALE = parse_scale("1@16", image_size=16)
 

@@ -75,7 +75,7 @@ def test_health_and_info(client, tiny):
     assert health["provider"] == "CPUExecutionProvider" and health["num_classes"] == 10
     for path in ("/", "/info"):
         info = client.get(path).json()
-        assert info["metadata"]["class_names"] == tiny.info.class_names
+        assert info["metadata"]["class_names"] == list(tiny.info.class_names)
         assert info["metadata"]["image_size"] == 16 and info["limits"]["max_bytes"] == MAX_BYTES
         assert info["runtime"]["provider"] == "CPUExecutionProvider"
 

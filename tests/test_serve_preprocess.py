@@ -117,9 +117,9 @@ def test_top_k_orders_clips_and_names():
 
 
 def test_elongated_images_are_refused_before_resizing():
-    from serve.metadata import ModelInfo
+    from search.space.card import ModelCard
 
-    info = ModelInfo(image_size=224, mean=[0.5] * 3, std=[0.5] * 3, class_names=["a"])
+    info = ModelCard(image_size=224, mean=[0.5] * 3, std=[0.5] * 3, class_names=["a"])
     strip = Image.new("L", (1, 4000))
     with pytest.raises(ImageTooLargeError, match="too elongated"):
         preprocess([strip], info)

@@ -66,7 +66,7 @@ def test_engine_matches_onnxruntime(tmp_path):
     engine = tmp_path / "model.engine"
     _build_engine(tiny.path, engine)
     sidecar = trt_backend.sidecar_path(engine)
-    sidecar.write_text(json.dumps({"model_info": tiny.info.to_json_dict()}))
+    sidecar.write_text(json.dumps({"model_info": tiny.info.to_dict()}))
     runtime = load_runtime(engine)
     assert runtime.backend == "tensorrt" and runtime.batch_limits == (1, 8)
     desc = runtime.describe()

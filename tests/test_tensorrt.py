@@ -23,7 +23,7 @@ from export.trt_build import (
     trtexec_command,
 )
 from search.core.errors import NasdeployError
-from serve.metadata import ModelInfo
+from serve.metadata import read_onnx_card, read_sidecar_card
 
 NO_TRT = missing_requirement()
 
@@ -71,15 +71,15 @@ def test_plan_reads_the_model_and_prints_an_equivalent_trtexec_line(model_dir, t
 
 
 def test_precision_comes_from_the_model_it_would_consume(model_dir):
-    info = ModelInfo.from_onnx(model_dir / "model.onnx")
+    info = read_onnx_card(model_dir / "model.onnx")
     path, precision, derive = choose_onnx(model_dir / "model.onnx", info, fp16=False, int8=True)
     assert (path.name, precision, derive) == ("model.int8.onnx", "int8", False)
-    assert ModelInfo.from_onnx(path).genotype == info.genotype
+    assert read_onnx_card(path).genotype == info.genotype
     path, precision, derive = choose_onnx(model_dir / "model.onnx", info, fp16=True, int8=False)
     assert (path.name, precision, derive) == ("model.fp16.onnx", "fp16", True)
     with pytest.raises(NasdeployError, match="choose one"):
         choose_onnx(model_dir / "model.onnx", info, fp16=True, int8=True)
-    int8_info = ModelInfo.from_onnx(model_dir / "model.int8.onnx")
+    int8_info = read_onnx_card(model_dir / "model.int8.onnx")
     with pytest.raises(NasdeployError, match="int8 model"):
         choose_onnx(model_dir / "model.int8.onnx", int8_info, fp16=True, int8=False)
 
@@ -131,7 +131,7 @@ def test_engine_builds_and_matches_onnxruntime(model_dir, tmp_path, precision):
     assert plan.engine.is_file() and (tmp_path / "cache.bin").is_file()
     data = json.loads(plan.sidecar.read_text())
     assert data["build"]["precision"] == precision and data["tensorrt_version"]
-    assert ModelInfo.from_json(plan.sidecar).precision == precision
+    assert read_sidecar_card(plan.sidecar).precision == precision
     x = np.random.default_rng(1).standard_normal((5, 3, 16, 16)).astype(np.float32)
     expected = load_ort(plan.onnx, device="cpu").predict(x)
     got = load_trt(plan.engine).predict(x)
@@ -146,5 +146,5 @@ def test_fp16_model_for_an_engine_is_derived_with_the_export_checks(model_dir):
     assert plan.source == model_dir / "model.onnx" and plan.onnx == fp16
     comparison = derive_fp16(plan)
     assert comparison["top1_agreement"] >= 0.9
-    assert ModelInfo.from_onnx(fp16).precision == "fp16"
+    assert read_onnx_card(fp16).precision == "fp16"
     assert "derived on the CPU from model.onnx" in "\n".join(describe_plan(plan))

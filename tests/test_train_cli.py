@@ -29,7 +29,7 @@ def test_training_writes_a_rebuildable_checkpoint_and_log(finished: Path, capsys
     assert spec.genotype == REFERENCE_GENOTYPES["lite"]
     assert (spec.scale, spec.image_size, spec.num_classes, spec.dataset) == ("1@16", 8, 10,
                                                                              "digits")
-    assert spec.class_names == [str(i) for i in range(10)] and spec.auxiliary
+    assert spec.class_names == tuple(str(i) for i in range(10)) and spec.auxiliary
     assert len(spec.mean) == 3 and all(s > 0 for s in spec.std)
     test_accuracy = raw["metrics"]["test_accuracy"]
     assert 0.0 <= test_accuracy <= 1.0

@@ -23,10 +23,11 @@ from typing import Any
 from tqdm import tqdm
 
 from search.core.errors import MeasurementError, NasdeployError, one_line
+from search.core.rundir import HISTORY_NAME
 from search.evaluation.reward import RewardConfig, is_feasible, mnas_reward
 from search.space.genotype import Genotype
 from search.strategies.base import Outcome, Strategy
-from search.trials.history import HISTORY_NAME, TrialRecord, append_record, repair_history, utc_now
+from search.trials.history import TrialRecord, append_record, repair_history, utc_now
 from search.trials.selection import select_best
 
 AccuracyFn = Callable[[Genotype], Any]

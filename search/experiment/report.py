@@ -16,15 +16,17 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from search.core.atomic import atomic_path, atomic_write_text
+from search.core.rundir import (
+    GENOTYPE_NAME,
+    HISTORY_NAME,
+    PARETO_JSON_NAME,
+    PARETO_PNG_NAME,
+    REWARD_PNG_NAME,
+    SUMMARY_NAME,
+)
 from search.space.genotype import save_genotype
 from search.trials.history import TrialRecord
 from search.trials.selection import Selection, measured, pareto_front, select_best
-
-GENOTYPE_NAME = "genotype.json"
-PARETO_JSON = "pareto.json"
-PARETO_PNG = "pareto.png"
-REWARD_PNG = "reward.png"
-SUMMARY_NAME = "summary.md"
 
 
 @dataclass
@@ -151,9 +153,9 @@ def summary_markdown(records: Sequence[TrialRecord], ctx: ReportContext,
         lines.append(f"- MAC budget: {ctx.macs_budget / 1e6:g} M")
     lines += [f"- search time: {sum(r.wall_time_s for r in records) / 60:.1f} min", ""]
     if best is None:
-        lines += ["**No candidate could be evaluated**; see the errors in trials.jsonl.", ""]
+        lines += [f"**No candidate could be evaluated**; see the errors in {HISTORY_NAME}.", ""]
     else:
-        lines += ["## Selected genotype (genotype.json)", "", f"**{best.note}.**", "",
+        lines += [f"## Selected genotype ({GENOTYPE_NAME})", "", f"**{best.note}.**", "",
                   _HEADER, _row(best.record), "", *_cells_markdown(best.record), ""]
     lines += ["## Pareto front (accuracy vs latency)", "", _HEADER,
               *[_row(r) for r in pareto_front(records)], "",
@@ -176,8 +178,8 @@ def write_report(run_dir: str | Path, records: Sequence[TrialRecord],
     best = select_best(records)
     if best is not None:
         save_genotype(best.record.to_genotype(), out / GENOTYPE_NAME, best_metadata(best, ctx))
-    write_pareto_json(out / PARETO_JSON, records, ctx)
-    plot_pareto(out / PARETO_PNG, records, ctx, best)
-    plot_rewards(out / REWARD_PNG, records)
+    write_pareto_json(out / PARETO_JSON_NAME, records, ctx)
+    plot_pareto(out / PARETO_PNG_NAME, records, ctx, best)
+    plot_rewards(out / REWARD_PNG_NAME, records)
     atomic_write_text(out / SUMMARY_NAME, summary_markdown(records, ctx, best))
     return best

@@ -21,19 +21,19 @@ from typing import Any
 
 from search.core.atomic import atomic_write_text, unique_path
 from search.core.errors import NasdeployError
+from search.core.jsonio import read_json
+from search.core.rundir import CONFIG_NAME, HISTORY_NAME, LATENCY_CACHE_NAME, LOCK_NAME, REPORT_FILES
 from search.core.units import parse_count, parse_duration, parse_latency
 from search.evaluation.reward import RewardConfig
 from search.experiment.loop import Evaluator, LoopResult, run_loop
 from search.experiment.report import ReportContext, write_report
 from search.space.searchspace import SearchSpace
 from search.strategies.base import StrategyConfig, available_strategies, create_strategy
-from search.trials.history import HISTORY_NAME, read_history
+from search.trials.history import read_history
 from search.trials.selection import Selection
 
-CONFIG_NAME = "config.json"
-LOCK_NAME = ".lock"
-LATENCY_CACHE = "latency_cache.jsonl"
 DEFAULT_TRIALS = 100
+CONFIG_MAX_BYTES = 1024 * 1024  # config.json holds a few dozen settings
 DEFAULT_RUNS_DIR = "runs"
 
 
@@ -180,7 +180,7 @@ def _evaluator(config: SearchConfig, data: Any, run_dir: Path) -> Evaluator:
     from search.evaluation.proxy import evaluate_child
 
     child, latency = _settings(config, data)
-    meter = LatencyMeter(latency, run_dir / LATENCY_CACHE)
+    meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
     return Evaluator(partial(evaluate_child, data=data, settings=child), meter,
                      config.reward_config())
 
@@ -270,13 +270,11 @@ def load_config(run_dir: str | Path) -> SearchConfig:
     """Read ``config.json`` of a run directory."""
     path = Path(run_dir) / CONFIG_NAME
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, expect=dict, max_bytes=CONFIG_MAX_BYTES)
     except FileNotFoundError:
         raise NasdeployError(f"{run_dir} is not a search run directory (no {CONFIG_NAME})") from None
-    except (ValueError, OSError) as exc:
-        raise NasdeployError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise NasdeployError(f"{path} does not hold a settings object")
+    except OSError as exc:
+        raise NasdeployError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
     config = SearchConfig.from_dict(data)
     config.out = str(run_dir)
     return config
@@ -299,7 +297,7 @@ def summary_text(result: SearchResult) -> str:
     lines = []
     best = result.best
     if best is None:
-        lines.append("no candidate could be evaluated; see the errors in trials.jsonl")
+        lines.append(f"no candidate could be evaluated; see the errors in {HISTORY_NAME}")
     else:
         r = best.record
         head = ("best genotype (meets the budget)" if best.feasible else
@@ -314,7 +312,6 @@ def summary_text(result: SearchResult) -> str:
     why = {"trials": "trial limit", "time": "time budget"}.get(loop.stopped_by, loop.stopped_by)
     lines.append(f"{len(loop.records)} trials ({loop.new_trials} new, stopped by the {why}) "
                  f"in {result.seconds / 60:.1f} min")
-    files = [name for name in ("genotype.json", "trials.jsonl", "pareto.json", "pareto.png",
-                               "reward.png", "summary.md") if (result.run_dir / name).exists()]
+    files = [name for name in REPORT_FILES if (result.run_dir / name).exists()]
     lines.append(f"files in {result.run_dir}: {', '.join(files)}")
     return "\n".join(lines)

@@ -1,9 +1,12 @@
-"""Training checkpoints that carry everything needed to rebuild and preprocess a model."""
+"""Training checkpoints: the weights plus the model card that rebuilds and feeds them.
+
+The card (:class:`search.space.card.ModelCard`) is stored as the checkpoint's ``spec``;
+checkpoints written before the card existed hold its version-1 form and still load.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -11,51 +14,26 @@ from torch import nn
 
 from search.core.atomic import atomic_path
 from search.core.errors import NasdeployError
-from search.space.genotype import Genotype, GenotypeError
+from search.space.card import ModelCard
 
 CHECKPOINT_FORMAT = "nasdeploy-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to rebuild a trained network and feed it images."""
+def build_from_card(card: ModelCard) -> nn.Module:
+    """A freshly initialised network of ``card`` (training mode)."""
+    from search.nn.model import build_model
 
-    genotype: Genotype
-    scale: str
-    image_size: int
-    num_classes: int
-    class_names: list[str] = field(default_factory=list)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    auxiliary: bool = False
-    dataset: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["genotype"] = self.genotype.to_dict()
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        values = dict(data)
-        values["genotype"] = Genotype.from_dict(values["genotype"])
-        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
-        return cls(**values)
-
-    def build(self) -> nn.Module:
-        """A freshly initialised network of this spec (training mode)."""
-        from search.nn.model import build_model
-
-        return build_model(self.genotype, self.scale, num_classes=self.num_classes,
-                           image_size=self.image_size, auxiliary=self.auxiliary)
+    if card.genotype is None or not card.scale:
+        raise NasdeployError("the model card names no genotype and scale to build a network from")
+    return build_model(card.genotype, card.scale, num_classes=card.num_classes,
+                       image_size=card.image_size, auxiliary=card.auxiliary)
 
 
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: nn.Module,
-    spec: ModelSpec,
+    spec: ModelCard,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
 ) -> None:
@@ -89,14 +67,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Rebuild the model of a checkpoint in eval mode; return (model, spec, raw dict)."""
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelCard, dict[str, Any]]:
+    """Rebuild the model of a checkpoint in eval mode; return (model, card, raw dict)."""
     data = read_checkpoint(path)
-    try:
-        spec = ModelSpec.from_dict(data["spec"])
-    except (GenotypeError, KeyError, TypeError) as exc:
-        raise NasdeployError(f"{path}: checkpoint spec is malformed ({exc})") from None
-    model = spec.build()
+    spec = ModelCard.from_dict(data.get("spec"), f"{path}: checkpoint spec")
+    if spec.genotype is None or not spec.scale:
+        raise NasdeployError(f"{path}: checkpoint spec names no genotype and scale")
+    model = build_from_card(spec)
     try:
         model.load_state_dict(data["state_dict"])
     except (RuntimeError, KeyError) as exc:

@@ -17,11 +17,11 @@ import optuna
 from optuna.trial import TrialState
 
 from search.core.errors import NasdeployError
+from search.core.rundir import STUDY_DB_NAME
 from search.strategies.base import Outcome, Proposal, Strategy, StrategyConfig, register_strategy
 from search.trials.history import TrialRecord
 
 STUDY_NAME = "nasdeploy"
-STUDY_FILE = "study.db"
 _LOOP_TRIAL = "loop_trial"
 
 
@@ -45,7 +45,7 @@ class OptunaStrategy(Strategy):
         if run_dir is None:
             return None
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(f"sqlite:///{Path(run_dir) / STUDY_FILE}")
+        return optuna.storages.RDBStorage(f"sqlite:///{Path(run_dir) / STUDY_DB_NAME}")
 
     def close(self) -> None:
         """Close the SQLite connections of the study's storage."""
@@ -60,7 +60,7 @@ class OptunaStrategy(Strategy):
         wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                   else optuna.study.StudyDirection.MINIMIZE for d in self.directions]
         if list(study.directions) != wanted:
-            where = Path(str(self.config.run_dir)) / STUDY_FILE
+            where = Path(str(self.config.run_dir)) / STUDY_DB_NAME
             raise NasdeployError(f"{where} holds a study with other objectives; "
                                  f"resume it with the strategy that created it")
         return study

@@ -25,12 +25,12 @@ from torch import nn
 
 from search.core.atomic import atomic_path
 from search.core.errors import NasdeployError
+from search.core.rundir import CONTROLLER_NAME
 from search.space.genotype import Genotype
 from search.space.searchspace import SearchSpace
 from search.strategies.base import Outcome, Proposal, Strategy, StrategyConfig, register_strategy
 from search.trials.history import TrialRecord
 
-CHECKPOINT_NAME = "controller.pt"
 _MASKED = -1e9
 
 
@@ -141,7 +141,7 @@ class RLStrategy(Strategy):
     @property
     def checkpoint_path(self) -> Path | None:
         run_dir = self.config.run_dir
-        return None if run_dir is None else Path(run_dir) / CHECKPOINT_NAME
+        return None if run_dir is None else Path(run_dir) / CONTROLLER_NAME
 
     def _sample_batch(self) -> list[Proposal]:
         with torch.no_grad():
