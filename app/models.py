@@ -8,20 +8,19 @@ path, modification time and backend, so re-exporting a model reloads it.
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
+from search.core.rundir import ENGINE_SUFFIX, HISTORY_NAME, ONNX_SUFFIX
+from search.runtime.timing import Measurement, measure
 from serve.runtime import BACKENDS, Runtime, available_backends, load_runtime
 
 RUNS_ENV = "NASDEPLOY_RUNS"
 DEFAULT_RUNS = "runs"
-MODEL_SUFFIXES = (".onnx", ".engine")
+MODEL_SUFFIXES = (ONNX_SUFFIX, ENGINE_SUFFIX)
 MAX_DEPTH = 4
 MAX_FILES = 20_000
 """Stop looking after this many files (a runs folder set to ``/`` must not hang the page)."""
@@ -75,7 +74,7 @@ def _mtime(path: Path) -> float:
 
 def discover_runs(root: str | Path) -> list[Path]:
     """Search run directories (those holding ``trials.jsonl``) under ``root``, by name."""
-    return sorted({p.parent for p in islice(_walk(Path(root)), MAX_FILES) if p.name == "trials.jsonl"})
+    return sorted({p.parent for p in islice(_walk(Path(root)), MAX_FILES) if p.name == HISTORY_NAME})
 
 
 def backends_for(path: str | Path) -> list[str]:
@@ -114,34 +113,26 @@ def get_runtime(path: str | Path, backend: str = "auto") -> Runtime:
     return _cached_runtime(resolved, backend, mtime)
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Batch-1 latency of a model on this machine."""
+def measure_latency(runtime: Runtime, runs: int = 30) -> Measurement:
+    """Time ``runs`` batch-1 inferences of a zero image (the runtime is warm already).
 
-    p50_ms: float
-    p90_ms: float
-    runs: int
-
-
-def measure_latency(runtime: Runtime, runs: int = 30) -> LatencyStats:
-    """Time ``runs`` batch-1 inferences of a zero image (after the warm-up)."""
+    Timed by :func:`search.runtime.timing.measure`, the timer the search and ``serve.bench``
+    use, so the median shown here means what theirs does.
+    """
     size = runtime.info.image_size
     batch = np.zeros((1, 3, size, size), dtype=np.float32)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runtime.predict(batch)
-        times.append((time.perf_counter() - start) * 1000.0)
-    cuts = statistics.quantiles(times, n=10)
-    return LatencyStats(statistics.median(times), cuts[-1], runs)
+    describe = runtime.describe()
+    return measure(lambda: runtime.predict(batch), warmup=0, repeats=runs,
+                   provider=describe.get("provider"), threads=describe.get("intra_op_threads"),
+                   batch_size=1)
 
 
 @st.cache_data(show_spinner="Timing the model…", max_entries=16)
-def _cached_latency(path: str, backend: str, mtime_ns: int, _runtime: Runtime) -> LatencyStats:
+def _cached_latency(path: str, backend: str, mtime_ns: int, _runtime: Runtime) -> Measurement:
     return measure_latency(_runtime)
 
 
-def model_latency(runtime: Runtime, backend: str) -> LatencyStats:
+def model_latency(runtime: Runtime, backend: str) -> Measurement:
     """:func:`measure_latency`, once per model file version and backend."""
     path, mtime = _file_key(runtime.path)
     return _cached_latency(path, backend, mtime, runtime)

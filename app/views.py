@@ -18,8 +18,8 @@ from PIL import Image
 from app import models
 from app.charts import genotype_key, genotype_png, topk_chart
 from search.core.errors import NasdeployError
+from search.space.card import ModelCard
 from serve.errors import ImageError
-from serve.metadata import ModelInfo
 from serve.preprocess import load_image
 from serve.runtime import Prediction, Runtime, available_backends, classify
 
@@ -184,18 +184,19 @@ def _model_card(runtime: Runtime, choice: ModelChoice) -> None:
     cols[2].metric("Parameters", _human(info.params))
     cols[3].metric("MACs", _human(info.macs))
     cols[4].metric(
-        "Latency here", f"{latency.p50_ms:.2f} ms",
-        help=f"median of {latency.runs} batch-1 runs on this machine (p90 {latency.p90_ms:.2f} ms)",
+        "Latency here", f"{latency.stats.median_ms:.2f} ms",
+        help=f"median of {latency.stats.count} batch-1 runs on this machine "
+             f"(p90 {latency.stats.p90_ms:.2f} ms)",
     )
     cols[5].metric("Accuracy", "—" if info.accuracy is None else f"{info.accuracy:.1%}",
                    help="from the model's training/export metadata")
     st.caption(_facts(info, runtime))
-    show_cells(info.genotype)
+    show_cells(info.genotype.to_dict() if info.genotype else None)
     with st.expander("Runtime details"):
         st.json(runtime.describe())
 
 
-def _facts(info: ModelInfo, runtime: Runtime) -> str:
+def _facts(info: ModelCard, runtime: Runtime) -> str:
     parts = [
         f"dataset **{info.dataset or 'unknown'}**",
         f"{len(info.class_names)} classes",

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -36,11 +35,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.onnx_export import compare_outputs, run_session  # noqa: E402
 from export.quantize import quantize_qdq  # noqa: E402
+from export.verify import compare_outputs, run_session  # noqa: E402
 from search.core.atomic import atomic_write_text  # noqa: E402
 from search.nn.model import build_model  # noqa: E402
-from search.nn.onnxio import export_onnx, ort_session  # noqa: E402
+from search.nn.onnxio import export_onnx  # noqa: E402
+from search.runtime.sessions import SessionSettings, create_session  # noqa: E402
+from search.runtime.timing import Measurement, measure  # noqa: E402
 from search.space.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype, load_genotype  # noqa: E402
 
 DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10.npz"
@@ -62,35 +63,28 @@ CHEAP_FIXED = Genotype(
 
 @dataclass(frozen=True)
 class Budget:
-    """Timing budget per measurement: reps = clamp(seconds / one run, low, high)."""
+    """Timing budget per measurement: ``low`` to ``high`` reps, stopping once ``seconds`` are spent."""
 
     seconds: float
     b1_reps: tuple[int, int] = (5, 100)
     b32_reps: tuple[int, int] = (2, 20)
 
 
-def timed_runs(fn: Callable[[], Any], seconds: float, low: int, high: int) -> list[float]:
-    """Warm up once, then repeat ``fn`` as often as the budget allows (milliseconds)."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    reps = int(min(high, max(low, seconds / max(first, 1e-6))))
-    times = [first * 1000.0]
-    for _ in range(reps - 1):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
+def timed(fn: Callable[[], Any], seconds: float, low: int, high: int) -> Measurement:
+    """One warm-up, then ``low`` to ``high`` timed runs of ``fn`` within about ``seconds``.
+
+    Timed by :func:`search.runtime.timing.measure`, the timer the search uses.
+    """
+    return measure(fn, warmup=1, repeats=high, min_repeats=low, max_time_s=seconds)
 
 
 def latency(fn1: Callable[[], Any], fn32: Callable[[], Any], budget: Budget) -> dict[str, float]:
     """Batch-1 median/p90 and batch-32 throughput of one runtime."""
-    b1 = timed_runs(fn1, budget.seconds, *budget.b1_reps)
-    b32 = timed_runs(fn32, budget.seconds, *budget.b32_reps)
-    return {"b1_median_ms": statistics.median(b1), "b1_p90_ms": float(np.percentile(b1, 90)),
-            "b1_reps": len(b1), "b32_median_ms": statistics.median(b32),
-            "b32_images_per_s": 32_000.0 / statistics.median(b32), "b32_reps": len(b32)}
+    b1 = timed(fn1, budget.seconds, *budget.b1_reps).stats
+    b32 = timed(fn32, budget.seconds, *budget.b32_reps).stats
+    return {"b1_median_ms": b1.median_ms, "b1_p90_ms": b1.p90_ms, "b1_reps": b1.count,
+            "b32_median_ms": b32.median_ms, "b32_images_per_s": 32_000.0 / b32.median_ms,
+            "b32_reps": b32.count}
 
 
 def real_images(count: int, size: int, source: Path) -> tuple[np.ndarray, str]:
@@ -150,12 +144,12 @@ def random_case(label: str, genotype: Genotype, scale: str, args: argparse.Names
 
 def checkpoint_case(path: Path, args: argparse.Namespace) -> Case:
     """A trained checkpoint, compared on its dataset's held-out split (with accuracy)."""
-    from export.onnx_export import LoadedModel, model_info
+    from export.onnx_export import LoadedModel, model_card
     from export.quantize import load_images
     from search.nn.checkpoint import load_checkpoint
 
     model, spec, _ = load_checkpoint(path)
-    info = model_info(LoadedModel(model, spec, path.parent.name, True))
+    info = model_card(LoadedModel(model, spec, path.parent.name, True))
     data = load_images(spec.dataset or "digits", None, info, 64, 1000)
     return Case(f"trained:{path.parent.name}", model, spec.scale, data.eval_x, data.calib, data.eval_y,
                 data.source, f"trained checkpoint ({spec.dataset})", spec.genotype.to_dict())
@@ -173,8 +167,8 @@ def bench_one(case: Case, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     torch.set_num_threads(threads)
     x1, x32 = images[:1], np.resize(images, (32, *images.shape[1:]))
     t1, t32 = torch.from_numpy(x1), torch.from_numpy(x32)
-    sessions = {"ort_fp32": ort_session(fp32, threads=threads),
-                "ort_int8": ort_session(int8, threads=threads)}
+    settings = SessionSettings(device="cpu", threads=threads)
+    sessions = {"ort_fp32": create_session(fp32, settings), "ort_int8": create_session(int8, settings)}
     budget = Budget(args.budget)
     with torch.no_grad():
         rows = {"pytorch": latency(lambda: model(t1), lambda: model(t32), budget)}

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from search.core.atomic import atomic_write_text  # noqa: E402
+from search.core.rundir import LATENCY_CACHE_NAME  # noqa: E402
 from search.core.units import parse_latency  # noqa: E402
 from search.data.datasets import DataBundle, load_dataset  # noqa: E402
 from search.evaluation.latency import LatencyMeter, LatencySettings, time_onnx  # noqa: E402
@@ -82,15 +83,16 @@ def profile_child(genotype: Genotype, data: DataBundle, child: ChildSettings,
     with tempfile.TemporaryDirectory() as tmp:
         path, t_export = _timed(export_onnx, model, Path(tmp) / "m.onnx", size,
                                 dynamic_batch=False, batch_size=1)
-        (times, provider), t_ort = _timed(time_onnx, path, size, latency.device,
-                                          latency.warmup, latency.repeats, latency.threads)
+        timing, t_ort = _timed(time_onnx, path, size, latency.device,
+                               latency.warmup, latency.repeats, latency.threads)
     return {"child_train_and_validate_s": round(total_child, 2),
             "child_accuracy": round(result.accuracy, 4),
             "deploy_build_s": round(t_build, 2), "deploy_count_macs_s": round(t_macs, 2),
             "deploy_onnx_export_s": round(t_export, 2),
             "deploy_ort_timing_s": round(t_ort, 2),
-            "deploy_latency_ms": round(statistics.median(times), 3),
-            "deploy_macs": int(macs), "provider": provider}
+            "deploy_latency_ms": round(timing.stats.median_ms, 3),
+            "deploy_macs": int(macs), "provider": timing.provider,
+            "ort_threads": timing.threads}
 
 
 def run_one(strategy: str, seed: int, data: DataBundle, evaluator: Evaluator,
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     sample = probe.propose().genotype
     profile = profile_child(sample, data, child, latency)
     print("one child, step by step (s):", json.dumps(profile))
-    meter = LatencyMeter(latency, Path(args.runs) / "latency_cache.jsonl")
+    meter = LatencyMeter(latency, Path(args.runs) / LATENCY_CACHE_NAME)
     evaluator = Evaluator(partial(evaluate_child, data=data, settings=child), meter, reward)
     rows = [run_one(s, seed, data, evaluator, args) for seed in args.seeds
             for s in args.strategies]

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ import numpy as np
 
 from search.core.atomic import atomic_write_text
 from search.core.errors import USER_ERRORS, report_user_error
+from search.runtime.timing import measure
 from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime
 
 MIN_ITERS = 5
@@ -83,32 +83,30 @@ def bench_runtime(
 def bench_batch(
     runtime: Runtime, n: int, config: BenchConfig, rng: np.random.Generator
 ) -> dict[str, Any]:
-    """Warm up, then time ``runtime.predict`` on an ``n``-image batch."""
+    """Warm up, then time ``runtime.predict`` on an ``n``-image batch.
+
+    Timed by :func:`search.runtime.timing.measure`, the timer the search's latency meter
+    uses: ``--iters`` runs exactly that many; ``--seconds`` runs at least ``MIN_ITERS`` and
+    stops once the time is spent (the warm-up then stops after half of it).
+    """
     size = runtime.info.image_size
     batch = rng.standard_normal((n, 3, size, size)).astype(np.float32)
-    for _ in range(config.warmup):
-        runtime.predict(batch)
-    times: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        runtime.predict(batch)
-        times.append(time.perf_counter() - t0)
-        if config.iters is not None:
-            if len(times) >= config.iters:
-                break
-        elif len(times) >= MIN_ITERS and time.perf_counter() - start >= config.seconds:
-            break
-    ms = np.asarray(times) * 1000.0
+    timed = config.iters is None
+    result = measure(lambda: runtime.predict(batch), warmup=config.warmup, repeats=config.iters,
+                     min_repeats=MIN_ITERS, max_time_s=config.seconds if timed else None,
+                     batch_size=n)
+    stats = result.stats
     return {
         "batch_size": n,
-        "iters": len(times),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "min_ms": float(ms.min()),
-        "throughput_ips": float(n * len(times) / (ms.sum() / 1000.0)),
+        "iters": stats.count,
+        "p50_ms": stats.median_ms,
+        "p90_ms": stats.p90_ms,
+        "p99_ms": stats.p99_ms,
+        "mean_ms": stats.mean_ms,
+        "min_ms": stats.min_ms,
+        "max_ms": stats.max_ms,
+        "std_ms": stats.std_ms,
+        "throughput_ips": result.throughput_ips,
         "skipped": None,
     }
 

@@ -1,22 +1,24 @@
-"""ONNX Runtime backend: TensorRT EP -> CUDA EP -> CPU, whichever this install offers."""
+"""ONNX Runtime backend: TensorRT EP -> CUDA EP -> CPU, whichever this install offers.
+
+Sessions come from :func:`search.runtime.sessions.create_session` (the factory the search's
+latency meter uses too), so providers, threads and graph options are the same everywhere.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from search.core.errors import NasdeployError
+from search.runtime import sessions
+from search.runtime.sessions import PROVIDER_PRIORITY, SessionSettings
+from search.space.card import CardError, ModelCard
 from serve.errors import ServeError
-from serve.metadata import ModelInfo, ModelInfoError
+from serve.metadata import from_props
 from serve.runtime import Runtime, softmax
 
-PROVIDER_PRIORITY = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
-)
 GPU_PROVIDERS = PROVIDER_PRIORITY[:2]
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -33,18 +35,14 @@ def is_available() -> bool:
 def select_providers(device: str, available: list[str]) -> list[str]:
     """Providers to request, best first, keeping only those ``available``.
 
-    ``device="cpu"`` keeps the CPU provider only; ``"cuda"`` requires a GPU provider
-    (CPU stays last as ORT's fallback for unsupported nodes).
+    :func:`search.runtime.sessions.select_providers` with its errors as :class:`ServeError`:
+    ``cpu`` keeps the CPU provider only, ``cuda`` needs the CUDA provider and ``tensorrt``
+    the TensorRT one (CPU stays last as ORT's fallback for unsupported nodes).
     """
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    chosen = [p for p in PROVIDER_PRIORITY if p in available]
-    if device == "cuda" and not any(p in GPU_PROVIDERS for p in chosen):
-        raise ServeError(
-            "device 'cuda' requested but this onnxruntime has no GPU provider "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu"
-        )
-    return chosen or ["CPUExecutionProvider"]
+    try:
+        return sessions.select_providers(device, available)
+    except NasdeployError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def provider_options(provider: str) -> dict[str, str]:
@@ -53,42 +51,27 @@ def provider_options(provider: str) -> dict[str, str]:
     The cache lives in ``$NASDEPLOY_TRT_CACHE`` (default ``~/.cache/nasdeploy/ort-trt``),
     so only the first session on a machine pays for building the engine.
     """
-    if provider != "TensorrtExecutionProvider":
-        return {}
-    default = Path.home() / ".cache" / "nasdeploy" / "ort-trt"
-    cache = Path(os.environ.get("NASDEPLOY_TRT_CACHE", default))
-    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+    return sessions.provider_options(provider)
 
 
 def load(path: Path, device: str = "auto") -> OrtRuntime:
     """Open ``path`` in an ONNX Runtime session on the best provider for ``device``."""
+    if not is_available():
+        raise ServeError("the onnxruntime backend needs `pip install onnxruntime`")
     try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ServeError("the onnxruntime backend needs `pip install onnxruntime`") from None
-    providers = select_providers(device, ort.get_available_providers())
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if "TensorrtExecutionProvider" in providers:
-        Path(provider_options("TensorrtExecutionProvider")["trt_engine_cache_path"]).mkdir(
-            parents=True, exist_ok=True
-        )
-    try:
-        session = ort.InferenceSession(
-            str(path),
-            sess_options=options,
-            providers=providers,
-            provider_options=[provider_options(p) for p in providers],
-        )
+        settings = SessionSettings(device=device)
+        providers = select_providers(device, sessions.available_providers())
+        session = sessions.create_session(path, settings)
+    except NasdeployError as exc:
+        raise ServeError(str(exc)) from None
     except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ServeError(f"{path} is not a loadable ONNX model: {first[:200]}") from None
     try:
-        info = ModelInfo.from_props(dict(session.get_modelmeta().custom_metadata_map))
-    except ModelInfoError as exc:
+        info = from_props(dict(session.get_modelmeta().custom_metadata_map))
+    except CardError as exc:
         raise ServeError(f"{path}: {exc}") from None
-    return OrtRuntime(path, session, info, providers)
+    return OrtRuntime(path, session, info, providers, settings.intra_op_threads)
 
 
 class OrtRuntime(Runtime):
@@ -96,11 +79,13 @@ class OrtRuntime(Runtime):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, session: Any, info: ModelInfo, requested: list[str]):
+    def __init__(self, path: Path, session: Any, info: ModelCard, requested: list[str],
+                 threads: int | None = None):
         self.path = Path(path)
         self.session = session
         self.info = info
         self.requested_providers = requested
+        self.threads = threads
         inp = session.get_inputs()[0]
         self._input_name = inp.name
         self._input_shape = list(inp.shape)
@@ -144,6 +129,7 @@ class OrtRuntime(Runtime):
             "input_shape": [d if isinstance(d, int) else str(d) for d in self._input_shape],
             "input_dtype": np.dtype(self._input_dtype).name,
             "batch": "dynamic" if fixed is None else fixed,
+            "intra_op_threads": self.threads,
             "onnxruntime_version": ort.__version__,
         }
 

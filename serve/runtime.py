@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from search.core.rundir import ENGINE_SUFFIXES, ONNX_SUFFIX
+from search.runtime.sessions import DEVICES
+from search.space.card import ModelCard
 from serve.errors import ServeError
-from serve.metadata import ModelInfo
 from serve.preprocess import preprocess, top_k
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class Runtime(ABC):
@@ -37,7 +37,7 @@ class Runtime(ABC):
     """
 
     backend: str
-    info: ModelInfo
+    info: ModelCard
     path: Path
     batch_limits: tuple[int, int | None] = (1, None)
 
@@ -144,7 +144,8 @@ def load_runtime(path: str | Path, backend: str = "auto", device: str = "auto") 
     Args:
         path: ``model.onnx`` (onnxruntime) or ``model.engine`` (tensorrt).
         backend: A name from :data:`BACKENDS` or ``"auto"``.
-        device: ``"auto"`` (best available), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (best available), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``
+            (:data:`search.runtime.sessions.DEVICES`, the same names the search uses).
 
     Raises:
         ServeError: Missing file, unknown backend or device, backend not usable here,
@@ -184,11 +185,11 @@ register_backend(
     "onnxruntime",
     _lazy("serve.ort_backend", "load"),
     _lazy("serve.ort_backend", "is_available"),
-    (".onnx",),
+    (ONNX_SUFFIX,),
 )
 register_backend(
     "tensorrt",
     _lazy("serve.trt_backend", "load"),
     _lazy("serve.trt_backend", "is_available"),
-    (".engine", ".plan", ".trt"),
+    ENGINE_SUFFIXES,
 )

@@ -23,7 +23,8 @@ from streamlit.testing.v1 import AppTest
 
 from app import explorer, models
 from search.core.errors import NasdeployError
-from search.trials.history import HISTORY_NAME, append_record
+from search.core.rundir import HISTORY_NAME
+from search.trials.history import append_record
 from search.trials.selection import pareto_front
 from serve.preprocess import load_image
 from serve.runtime import available_backends, classify, load_runtime

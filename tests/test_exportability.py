@@ -10,7 +10,8 @@ from onnx import numpy_helper
 
 from search.core.errors import NasdeployError
 from search.nn.model import build_model
-from search.nn.onnxio import export_onnx, ort_session
+from search.nn.onnxio import export_onnx
+from search.runtime.sessions import SessionSettings, create_session
 from search.space.genotype import REFERENCE_GENOTYPES
 
 
@@ -30,7 +31,7 @@ def test_network_matches_onnxruntime(tmp_path, name, scale, size):
                                          drop_path_prob=0.3, auxiliary=True))
     path = export_onnx(model, tmp_path / "net.onnx", image_size=size, opset=17)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    session = ort_session(path)
+    session = create_session(path, SessionSettings(device="cpu"))
     for batch in (1, 4):
         x = torch.randn(batch, 3, size, size)
         with torch.no_grad():

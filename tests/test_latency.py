@@ -75,10 +75,12 @@ def test_bad_settings_are_rejected() -> None:
 def test_timing_is_capped_for_slow_candidates_and_full_otherwise(tmp_path: Path) -> None:
     model = build_model(LITE, "1@16", num_classes=10, image_size=16)
     path = export_onnx(model, tmp_path / "lite.onnx", 16, dynamic_batch=False)
-    capped, provider = time_onnx(path, 16, warmup=5, repeats=50, threads=1, max_time_s=0.0)
-    assert len(capped) == 3 and provider == "CPUExecutionProvider"
-    full, _ = time_onnx(path, 16, warmup=1, repeats=7, threads=1, max_time_s=None)
-    assert len(full) == 7 and all(t > 0 for t in full)
+    capped = time_onnx(path, 16, warmup=5, repeats=50, threads=1, max_time_s=0.0)
+    assert len(capped.samples_ms) == 3 and capped.warmup_runs == 1 and capped.stopped_by_time
+    assert capped.provider == "CPUExecutionProvider" and capped.threads == 1
+    full = time_onnx(path, 16, warmup=1, repeats=7, threads=1, max_time_s=None)
+    assert len(full.samples_ms) == 7 and all(t > 0 for t in full.samples_ms)
+    assert not full.stopped_by_time
     cost = LatencyMeter(LatencySettings(scale="1@16", image_size=16, warmup=0, repeats=4,
                                         threads=1))(LITE)
-    assert cost.timed_runs == 4
+    assert cost.timed_runs == 4 and cost.threads == 1

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from search.nn.onnxio import export_onnx, ort_session
+from search.nn.onnxio import export_onnx
 from search.nn.ops import COMBINES, OP_NAMES, OPS, build_op
+from search.runtime.sessions import SessionSettings, create_session
 
 PAPER_OPS = {
     "identity", "conv_1x3_3x1", "conv_1x7_7x1", "dil_conv_3x3", "avg_pool_3x3", "max_pool_3x3",
@@ -59,7 +60,7 @@ def test_op_exports_and_matches_onnxruntime(tmp_path, name, stride):
     x = torch.randn(3, 3, 9, 9)  # batch 3 exercises the dynamic batch axis
     with torch.no_grad():
         expected = model(x).numpy()
-    got = ort_session(path).run(None, {"input": x.numpy()})[0]
+    got = create_session(path, SessionSettings(device="cpu")).run(None, {"input": x.numpy()})[0]
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4
 

@@ -2,9 +2,10 @@
 
 The candidate's cells are stacked at the deployment scale (random weights: latency does
 not depend on weight values), exported with :func:`search.nn.onnxio.export_onnx` at batch 1
-and timed in ONNX Runtime on the target device: warm-up runs, then the median of repeated
-runs. Results are cached per canonical genotype JSON in memory and, optionally, in an
-append-only JSONL file that a resumed search reads back.
+and timed in ONNX Runtime on the target device through :mod:`search.runtime` (the session
+factory and the timer that ``serve.bench`` and the app use too): warm-up runs, then the
+median of repeated runs. Results are cached per canonical genotype JSON in memory and,
+optionally, in an append-only JSONL file that a resumed search reads back.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +24,13 @@ import torch
 
 from search.core.atomic import append_line
 from search.core.errors import MeasurementError, NasdeployError, one_line
+from search.core.jsonio import loads_json, read_limited
+from search.runtime.sessions import SessionSettings, create_session, resolve_providers, session_provider
+from search.runtime.timing import Measurement, measure
 from search.space.genotype import Genotype
+
+CACHE_MAX_BYTES = 256 * 1024 * 1024
+"""Largest latency cache read (an entry is under 1 kB)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,8 @@ class LatencySettings:
         device: ``cpu`` (CPUExecutionProvider) or ``cuda`` (CUDAExecutionProvider).
         warmup: untimed runs before timing.
         repeats: timed runs; the median is reported.
-        threads: ONNX Runtime intra-op threads (``None``: its default).
+        threads: ONNX Runtime intra-op threads (``None``: pinned to the CPUs this process
+            may use, see :func:`search.runtime.sessions.default_threads`).
         max_time_s: cap on the timing phase: a slow candidate (far over any budget) stops
             after at least 3 timed runs once this much time is spent (warm-up: half of it).
     """
@@ -69,6 +76,7 @@ class DeploymentCost:
     provider: str
     latency_p90_ms: float = math.nan
     timed_runs: int = 0
+    threads: int | None = None
 
 
 class LatencyMeter:
@@ -83,10 +91,9 @@ class LatencyMeter:
     """
 
     def __init__(self, settings: LatencySettings, cache_path: str | os.PathLike[str] | None = None):
-        from search.nn.onnxio import ort_providers
         from search.space.scale import parse_scale
 
-        ort_providers(settings.device)  # fail now, not after the first child
+        resolve_providers(settings.device)  # fail now, not after the first child
         scale = parse_scale(settings.scale, settings.image_size)
         self.settings = settings
         self.image_size = scale.image_size
@@ -129,26 +136,27 @@ class LatencyMeter:
             with tempfile.TemporaryDirectory(prefix="nasdeploy-latency-") as tmp:
                 path = Path(tmp) / "model.onnx"
                 export_path = _export(model, path, self.image_size)
-                times, provider = time_onnx(export_path, self.image_size, s.device, s.warmup,
-                                            s.repeats, s.threads, s.max_time_s)
+                timing = time_onnx(export_path, self.image_size, s.device, s.warmup,
+                                   s.repeats, s.threads, s.max_time_s)
         except NasdeployError:
             raise
         except Exception as exc:  # one candidate's failure, reported on one line
             raise MeasurementError(f"cannot measure latency: {one_line(exc)}") from None
         self.measurements += 1
         return DeploymentCost(
-            latency_ms=statistics.median(times), macs=int(macs), params=int(params),
-            measure_time_s=round(time.perf_counter() - start, 3), provider=provider,
-            latency_p90_ms=float(np.percentile(times, 90)), timed_runs=len(times),
+            latency_ms=timing.stats.median_ms, macs=int(macs), params=int(params),
+            measure_time_s=round(time.perf_counter() - start, 3), provider=timing.provider or "",
+            latency_p90_ms=timing.stats.p90_ms, timed_runs=timing.stats.count, threads=timing.threads,
         )
 
     def _read_cache(self) -> dict[str, DeploymentCost]:
         cache: dict[str, DeploymentCost] = {}
         if self.cache_path is None or not self.cache_path.is_file():
             return cache
-        for line in self.cache_path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
+        data = read_limited(self.cache_path, max_bytes=CACHE_MAX_BYTES)
+        for number, line in enumerate(data.splitlines(), start=1):
+            try:  # NaN is allowed: an entry's p90 may be NaN
+                entry = loads_json(line, f"{self.cache_path} line {number}", expect=dict, allow_nan=True)
                 if entry.get("settings") == self._fingerprint:
                     cache[entry["genotype"]] = DeploymentCost(**entry["cost"])
             except (ValueError, KeyError, TypeError, AttributeError):
@@ -178,31 +186,19 @@ def _export(model: torch.nn.Module, path: Path, image_size: int) -> Path:
 
 def time_onnx(path: str | os.PathLike[str], image_size: int, device: str = "cpu",
               warmup: int = 5, repeats: int = 20, threads: int | None = None,
-              max_time_s: float | None = None) -> tuple[list[float], str]:
-    """Run an ONNX model at batch 1; return per-run latencies in ms and the provider used.
+              max_time_s: float | None = None) -> Measurement:
+    """Time an ONNX model at batch 1 on ``device`` with :func:`search.runtime.timing.measure`.
 
     With ``max_time_s`` the warm-up stops after half of it (at least one run) and the timed
     runs after all of it (at least ``min(3, repeats)`` runs), so a very slow candidate
-    costs seconds, not minutes.
+    costs seconds, not minutes. The result records the provider and the thread count.
     """
-    from search.nn.onnxio import INPUT_NAME, ort_session
+    from search.nn.onnxio import INPUT_NAME
 
-    session = ort_session(path, device, threads)
-    provider = session.get_providers()[0]
+    settings = SessionSettings(device=device, threads=threads)
+    session = create_session(path, settings)
     rng = np.random.default_rng(0)
     feed = {INPUT_NAME: rng.standard_normal((1, 3, image_size, image_size), dtype=np.float32)}
-    cap = math.inf if max_time_s is None else max_time_s
-    start = time.perf_counter()
-    for _ in range(warmup):
-        session.run(None, feed)
-        if time.perf_counter() - start > cap / 2:
-            break
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats:
-        tick = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - tick) * 1000.0)
-        if len(times) >= min(3, repeats) and time.perf_counter() - start > cap:
-            break
-    return times, provider
+    return measure(lambda: session.run(None, feed), warmup=warmup, repeats=repeats, min_repeats=3,
+                   max_time_s=max_time_s, provider=session_provider(session),
+                   threads=settings.intra_op_threads, batch_size=1)

@@ -1,4 +1,4 @@
-"""The project's one PyTorch -> ONNX wrapper, and ONNX Runtime sessions for checks."""
+"""The project's one PyTorch -> ONNX wrapper (sessions: :mod:`search.runtime.sessions`)."""
 
 from __future__ import annotations
 
@@ -64,34 +64,6 @@ def export_onnx(
     finally:
         model.train(was_training)
     return Path(path)
-
-
-def ort_providers(device: str = "cpu") -> list[str]:
-    """ONNX Runtime providers for ``device`` (``cpu`` or ``cuda``), checked for availability."""
-    import onnxruntime as ort
-
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise NasdeployError(
-                "ONNX Runtime has no CUDA provider here; install onnxruntime-gpu "
-                "(pip install 'nasdeploy[gpu]') on a machine with an NVIDIA GPU, or use cpu"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise NasdeployError(f"unknown latency device {device!r}; use cpu or cuda")
-
-
-def ort_session(path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None):
-    """An ``onnxruntime.InferenceSession`` on ``device`` with optional intra-op thread count."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=ort_providers(device))
-
 
 
 def _simplify_in_place(path: Path) -> None:
