@@ -1,4 +1,14 @@
-"""Units on the command line: latencies, counts and durations (one parser each, pure)."""
+"""Units on the command line: one parser each for latencies, durations, counts and byte sizes.
+
+Every flag of every CLI that takes a quantity goes through these (see ``search.core.cli``):
+
+| kind | examples | result | a bare number |
+| --- | --- | --- | --- |
+| latency | ``5ms``, ``0.005s``, ``800us`` | milliseconds | rejected (a unit is required) |
+| duration | ``90s``, ``30m``, ``2h``, ``1h30m``, ``500ms`` | seconds | seconds |
+| count | ``600M``, ``1.2G``, ``600000000`` | an integer (k, M, G, T = 10^3, 10^6, ...) | itself |
+| size | ``10M``, ``2G``, ``512k``, ``10MiB`` | bytes (k, M, G, T = 2^10, 2^20, ...) | bytes |
+"""
 
 from __future__ import annotations
 
@@ -12,13 +22,18 @@ _LATENCY_UNITS = {"ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3, "μs": 1e-3}
 _COUNT_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*"
 _DURATION_UNITS = {
-    "": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0,
+    "": 1.0, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0,
     "h": 3600.0, "hr": 3600.0, "d": 86400.0,
 }
+_SIZE_SUFFIXES = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 class BudgetError(NasdeployError, ValueError):
-    """A budget string that cannot be parsed (a ``NasdeployError`` and a ``ValueError``)."""
+    """A quantity that cannot be parsed (a ``NasdeployError`` and a ``ValueError``)."""
+
+
+UnitError = BudgetError
+"""The same error under the name that fits flags that are not budgets."""
 
 
 def _number(mantissa: str, exponent: str | None) -> float:
@@ -82,8 +97,26 @@ def parse_duration(text: str) -> float:
     units = [unit for _, unit in parts]
     unknown = any(unit not in _DURATION_UNITS for unit in units)
     if not parts or unknown or (len(parts) > 1 and "" in units):
-        raise BudgetError(f"cannot read duration {text!r}: use e.g. 90s, 30m, 2h or 1h30m")
+        raise BudgetError(f"cannot read duration {text!r}: use e.g. 500ms, 90s, 30m, 2h or 1h30m")
     seconds = sum(float(value) * _DURATION_UNITS[unit] for value, unit in parts)
     if seconds <= 0:
         raise BudgetError(f"duration must be positive, got {text!r}")
     return seconds
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte size such as ``"10M"``, ``"512k"``, ``"2G"``, ``"10MiB"`` or ``"1048576"``.
+
+    Suffixes are binary (``k`` = 1024 bytes, ``M`` = 1024**2, ...), with an optional ``B``
+    or ``iB``; a bare number is bytes.
+
+    Raises:
+        BudgetError: on anything else, or a size below one byte.
+    """
+    match = re.fullmatch(rf"\s*{_NUMBER}\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(text))
+    if match is None:
+        raise BudgetError(f"cannot read size {text!r}: use e.g. 512k, 10M, 2G or 1048576 (bytes)")
+    value = _number(match.group(1), match.group(2)) * _SIZE_SUFFIXES[match.group(3).lower()]
+    if not math.isfinite(value) or value < 1:
+        raise BudgetError(f"size must be at least 1 byte, got {text!r}")
+    return int(round(value))
