@@ -35,6 +35,9 @@ SIDECAR_FORMAT = "nasdeploy-engine"
 DEFAULT_OPT_BATCH = 8
 DEFAULT_MAX_BATCH = 32
 PRECISIONS = ("fp32", "fp16", "int8")
+MIB = 1 << 20
+DEFAULT_WORKSPACE = 1 << 30
+"""Builder workspace limit in bytes (1 GiB); at least one MiB is accepted."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class TrtConfig:
     out: str | None = None
     fp16: bool = False
     int8: bool = False
-    workspace_mb: int = 1024
+    workspace_bytes: int = DEFAULT_WORKSPACE
     min_batch: int | None = None
     opt_batch: int | None = None
     max_batch: int | None = None
@@ -73,7 +76,7 @@ class BuildPlan:
     info: ModelCard
     precision: str
     profile: Profile
-    workspace_mb: int
+    workspace_bytes: int
     timing_cache: Path | None
     derived: list[str] = field(default_factory=list)
     source: Path | None = None
@@ -83,6 +86,14 @@ class BuildPlan:
     def sidecar(self) -> Path:
         """``model.engine`` -> ``model.engine.json`` (the name ``serve`` looks for)."""
         return sidecar_path(self.engine)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready plan (what ``--json`` prints): files, precision, profile, workspace."""
+        return {"onnx": str(self.onnx), "derived_from": str(self.source) if self.source else None,
+                "engine": str(self.engine), "sidecar": str(self.sidecar), "precision": self.precision,
+                "profile": asdict(self.profile), "workspace_bytes": self.workspace_bytes,
+                "timing_cache": str(self.timing_cache) if self.timing_cache else None,
+                "trtexec": trtexec_command(self)}
 
 
 # --- planning (no TensorRT needed) ----------------------------------------------------------
@@ -153,8 +164,8 @@ def choose_onnx(path: Path, info: ModelCard, fp16: bool, int8: bool) -> tuple[Pa
 
 def plan_build(config: TrtConfig) -> BuildPlan:
     """Check the arguments and the model; decide the ONNX file, engine path and profile."""
-    if config.workspace_mb < 1:
-        raise NasdeployError(f"--workspace must be a positive number of MiB, got {config.workspace_mb}")
+    if config.workspace_bytes < MIB:
+        raise NasdeployError(f"--workspace must be at least 1 MiB, got {config.workspace_bytes} bytes")
     given = Path(config.onnx).expanduser()
     info, name, dims = read_model(given)
     onnx_path, precision, derive = choose_onnx(given, info, config.fp16, config.int8)
@@ -164,7 +175,7 @@ def plan_build(config: TrtConfig) -> BuildPlan:
     engine = _engine_path(config.out, onnx_path)
     cache = Path(config.timing_cache).expanduser() if config.timing_cache else None
     return BuildPlan(onnx_path, engine, replace(info, precision=precision), precision, profile,
-                     config.workspace_mb, cache, [onnx_path.name] if derive else [],
+                     config.workspace_bytes, cache, [onnx_path.name] if derive else [],
                      given if derive else None)
 
 
@@ -176,6 +187,20 @@ def _engine_path(out: str | None, onnx_path: Path) -> Path:
             return target
         return target / f"{onnx_path.stem}{ENGINE_SUFFIX}"
     return engine_path(onnx_path)
+
+
+def size_text(size: int) -> str:
+    """Bytes as people read them: ``1 GiB``, ``1536 MiB``, ``1.50 MiB``."""
+    if size % (1 << 30) == 0:
+        return f"{size >> 30} GiB"
+    if size % MIB == 0:
+        return f"{size >> 20} MiB"
+    return f"{size / MIB:.2f} MiB"
+
+
+def _trtexec_size(size: int) -> str:
+    """trtexec's pool size: whole MiB as ``N M``, anything else in KiB (rounded up)."""
+    return f"{size >> 20}M" if size % MIB == 0 else f"{-(-size // 1024)}K"
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -190,7 +215,7 @@ def trtexec_command(plan: BuildPlan) -> str:
         args += [f"--minShapes={name}:{_shape_text(plan.profile.min)}",
                  f"--optShapes={name}:{_shape_text(plan.profile.opt)}",
                  f"--maxShapes={name}:{_shape_text(plan.profile.max)}"]
-    args.append(f"--memPoolSize=workspace:{plan.workspace_mb}M")
+    args.append(f"--memPoolSize=workspace:{_trtexec_size(plan.workspace_bytes)}")
     if plan.timing_cache is not None:
         args.append(f"--timingCacheFile={plan.timing_cache}")
     return " ".join(shlex.quote(a) for a in args)
@@ -205,7 +230,7 @@ def describe_plan(plan: BuildPlan) -> list[str]:
     return [f"model:     {plan.onnx}{derived}",
             f"precision: {plan.precision} (from the model; strongly typed network)",
             f"profile:   {p.input_name} {_shape_text(p.opt)}, {batch}",
-            f"workspace: {plan.workspace_mb} MiB" + (f", timing cache {plan.timing_cache}"
+            f"workspace: {size_text(plan.workspace_bytes)}" + (f", timing cache {plan.timing_cache}"
                                                       if plan.timing_cache else ""),
             f"engine:    {plan.engine} (+ {plan.sidecar.name})"]
 
@@ -275,7 +300,7 @@ def _build_serialized(trt: Any, plan: BuildPlan) -> tuple[bytes, bytes]:
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise NasdeployError(f"TensorRT cannot parse {plan.onnx.name}: {errors[:300]}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
     profile = builder.create_optimization_profile()
     profile.set_shape(plan.profile.input_name, plan.profile.min, plan.profile.opt, plan.profile.max)
     config.add_optimization_profile(profile)
@@ -316,7 +341,7 @@ def _sidecar(trt: Any, plan: BuildPlan, size: int) -> dict[str, Any]:
         "model_info": plan.info.to_dict(),
         "build": {"onnx": plan.onnx.name, "onnx_sha256": hashlib.sha256(plan.onnx.read_bytes()).hexdigest(),
                   "precision": plan.precision, "strongly_typed": True,
-                  "profile": asdict(plan.profile), "workspace_mb": plan.workspace_mb,
+                  "profile": asdict(plan.profile), "workspace_bytes": plan.workspace_bytes,
                   "timing_cache": str(plan.timing_cache) if plan.timing_cache else None},
         "tensorrt_version": trt.__version__, "gpu": gpu_name(), "engine_bytes": size,
         "trtexec": trtexec_command(plan),

@@ -1,16 +1,16 @@
 """Latency and throughput of a model on this machine.
 
-    python -m serve.bench MODEL [--backend auto] [--batch-sizes 1,8,32]
-                                [--warmup 10] [--iters N | --seconds S] [--json FILE]
+    python -m serve.bench MODEL [--backend auto] [--device auto] [--batch-sizes 1,8,32 | --batch N]
+                                [--warmup 10] [--iters N | --duration 2s] [--json [FILE]]
+
+Inputs are random tensors of the model's shape: decoding and preprocessing are not timed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from search.core.atomic import atomic_write_text
+from search.core import cli
 from search.core.errors import USER_ERRORS, report_user_error
 from search.runtime.timing import measure
 from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime
@@ -86,7 +86,7 @@ def bench_batch(
     """Warm up, then time ``runtime.predict`` on an ``n``-image batch.
 
     Timed by :func:`search.runtime.timing.measure`, the timer the search's latency meter
-    uses: ``--iters`` runs exactly that many; ``--seconds`` runs at least ``MIN_ITERS`` and
+    uses: ``--iters`` runs exactly that many; ``--duration`` runs at least ``MIN_ITERS`` and
     stops once the time is spent (the warm-up then stops after half of it).
     """
     size = runtime.info.image_size
@@ -180,57 +180,53 @@ def render(report: dict[str, Any], console: Any) -> None:
     )
 
 
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``"1,8,32"`` -> ``(1, 8, 32)``; positive integers only."""
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers: {text!r}")
-    return sizes
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__.strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="model.onnx or model.engine")
-    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--batch-sizes", type=parse_batch_sizes, default=(1, 8, 32))
-    parser.add_argument("--warmup", type=int, default=10, help="untimed runs per batch size")
+    """The ``python -m serve.bench`` command line."""
+    parser = cli.parser("python -m serve.bench", __doc__.strip())
+    parser.add_argument("model", type=Path,
+                        help="model.onnx or model.engine, a folder holding model.onnx, or a search run "
+                             "directory (its selected trial's exported model)")
+    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                        help="runtime that runs the model; auto picks it by the file suffix")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="where the model runs; auto takes the best one available")
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--batch-sizes", type=cli.batch_sizes, default="1,8,32", metavar="N,N,...",
+                       help="batch sizes to time, in images, comma-separated")
+    batch.add_argument("--batch", type=cli.positive_int, metavar="N",
+                       help="time one batch size, in images (same as --batch-sizes N)")
+    parser.add_argument("--warmup", type=cli.non_negative_int, default=10, metavar="RUNS",
+                        help="untimed runs per batch size")
     limit = parser.add_mutually_exclusive_group()
-    limit.add_argument("--iters", type=int, help="timed runs per batch size")
-    limit.add_argument("--seconds", type=float, default=2.0, help="timed seconds per batch size")
-    parser.add_argument("--json", type=Path, dest="json_path", help="also write the report here")
+    limit.add_argument("--iters", type=cli.positive_int, metavar="RUNS",
+                       help="timed runs per batch size (default: timed by --duration)")
+    limit.add_argument("--duration", "--seconds", dest="duration", type=cli.duration_s, default="2s",
+                       metavar="TIME",
+                       help=f"wall time of timed runs per batch size (at least {MIN_ITERS} runs), "
+                            "e.g. 2s or 500ms; a bare number is seconds; --seconds is the old name")
+    cli.add_json(parser, "the report")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time every batch size; print a table, or the report as JSON (``--json``)."""
     from rich.console import Console
     from rich.progress import Progress
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.warmup < 0 or (args.iters is not None and args.iters < 1) or args.seconds <= 0:
-        print("error: --warmup must be >= 0, --iters >= 1 and --seconds > 0", file=sys.stderr)
-        return 2
-    config = BenchConfig(args.model, args.backend, args.device, args.batch_sizes,
-                         args.warmup, args.iters, args.seconds)
+    args = build_parser().parse_args(argv)
+    sizes = (args.batch,) if args.batch else args.batch_sizes
+    config = BenchConfig(args.model, args.backend, args.device, sizes,
+                         args.warmup, args.iters, args.duration)
     try:
         runtime = load_runtime(config.model, config.backend, config.device)
+        stderr = Console(stderr=True)
+        with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+            task = bar.add_task("benchmarking", total=len(config.batch_sizes))
+            report = bench_runtime(runtime, config, progress=lambda n: bar.advance(task))
+        if not cli.emit_json(args.json, report):
+            render(report, Console())
     except USER_ERRORS as exc:
         return report_user_error(exc)
-    stderr = Console(stderr=True)
-    with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
-        task = bar.add_task("benchmarking", total=len(config.batch_sizes))
-        report = bench_runtime(runtime, config, progress=lambda n: bar.advance(task))
-    render(report, Console())
-    if args.json_path:
-        try:
-            atomic_write_text(args.json_path, json.dumps(report, indent=2) + "\n")
-        except OSError as exc:
-            return report_user_error(exc)
     return 0
 
 

@@ -1,11 +1,14 @@
 """A small HTTP endpoint for devices that classify for others (Starlette + uvicorn).
 
     python -m serve.http MODEL [--host 127.0.0.1] [--port 8000] [--max-bytes 10M] [--top-k 5]
+                               [--backend auto] [--device auto] [--json [FILE]]
 
 ``POST /predict``: the image as the raw body or as multipart field ``file``
 (``?top_k=N`` optional) -> top-k JSON with latency. ``GET /health``: model and
 backend. ``GET /`` or ``/info``: the model's metadata. Bad requests get a 4xx JSON
-``{"error": ...}``; nothing a client sends produces a 500.
+``{"error": ...}``; nothing a client sends produces a 500. Once the server listens, one
+line ``serving MODEL (...) on URL`` goes to stderr; ``--json`` prints the URL and the
+``/info`` document as JSON on stdout (``--json FILE``: writes them there).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ if __name__ == "__main__" and not __package__:  # a file on sys.path[0] would sh
     raise SystemExit(2)
 
 import argparse
+import copy
 import logging
 import re
 import socket
@@ -35,6 +39,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from search.core import cli
 from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
 from serve.errors import ImageError, ImageTooLargeError
 from serve.preprocess import MAX_PIXELS, load_image
@@ -77,6 +82,21 @@ def create_app(
     return Starlette(routes=routes, exception_handlers=handlers)
 
 
+def info_document(runtime: Runtime, max_bytes: int, top_k: int, max_pixels: int) -> dict[str, Any]:
+    """What ``GET /info`` answers: the model card, the runtime, limits and endpoints."""
+    return {
+        "metadata": runtime.info.to_dict(),
+        "runtime": runtime.describe(),
+        "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels},
+        "top_k": top_k,
+        "endpoints": {
+            "POST /predict": "image as raw body or multipart field 'file'; ?top_k=N",
+            "GET /health": "model and backend",
+            "GET /info": "this document",
+        },
+    }
+
+
 class _Service:
     def __init__(self, runtime: Runtime, max_bytes: int, top_k: int, max_pixels: int):
         self.runtime = runtime
@@ -98,17 +118,7 @@ class _Service:
         })
 
     async def info(self, request: Request) -> JSONResponse:
-        return JSONResponse({
-            "metadata": self.runtime.info.to_dict(),
-            "runtime": self.description,
-            "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels},
-            "top_k": self.top_k,
-            "endpoints": {
-                "POST /predict": "image as raw body or multipart field 'file'; ?top_k=N",
-                "GET /health": "model and backend",
-                "GET /info": "this document",
-            },
-        })
+        return JSONResponse(info_document(self.runtime, self.max_bytes, self.top_k, self.max_pixels))
 
     async def predict(self, request: Request) -> JSONResponse:
         k = _parse_top_k(request.query_params.get("top_k"), self.top_k)
@@ -219,15 +229,6 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error ({type(exc).__name__})", "status": 500}, 500)
 
 
-def parse_size(text: str) -> int:
-    """``"10M"``, ``"512k"`` or ``"1048576"`` -> bytes."""
-    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1048576, 512k, 10M)")
-    factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
-    return int(match.group(1)) * factor
-
-
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket (``port=0``: any free port); NasdeployError if taken."""
     try:
@@ -243,8 +244,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: HttpConfig) -> None:
-    """Load the model, bind the socket and serve until interrupted."""
+def serve(config: HttpConfig, json_target: str | None = None) -> None:
+    """Load the model, bind the socket and serve until interrupted.
+
+    Once uvicorn listens, the URL with the ``/info`` document goes to ``json_target`` (a
+    ``--json`` value; ``None``: nowhere), then one ``serving ... on URL`` line to stderr.
+    uvicorn's logs, the access log included, go to stderr too.
+    """
     import uvicorn
 
     runtime = load_runtime(config.model, config.backend, config.device)
@@ -252,43 +258,85 @@ def serve(config: HttpConfig) -> None:
     app = create_app(runtime, max_bytes=config.max_bytes, top_k=config.top_k)
     sock = bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     desc = runtime.describe()
-    print(
-        f"serving {config.model} ({desc['backend']}, {desc['provider']}) on http://{host}:{port}"
-        " - POST /predict, GET /health, GET /info",
-        file=sys.stderr,
-        flush=True,
-    )
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="info", limit_concurrency=64, timeout_keep_alive=5, server_header=False
+    startup = {"url": url, **info_document(runtime, config.max_bytes, config.top_k, MAX_PIXELS)}
+    failure: list[BaseException] = []
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if not self.started:
+                return
+            try:
+                cli.emit_json(json_target, startup)
+                sys.stdout.flush()
+            except USER_ERRORS as exc:  # e.g. an unwritable --json FILE: stop, report it
+                failure.append(exc)
+                self.should_exit = True
+                return
+            print(f"serving {config.model} ({desc['backend']}, {desc['provider']}) on {url}"
+                  " - POST /predict, GET /health, GET /info", file=sys.stderr, flush=True)
+
+    logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout carries only --json
+    server = Server(uvicorn.Config(
+        app, log_config=logs, log_level="info", limit_concurrency=64, timeout_keep_alive=5,
+        server_header=False,
     ))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if failure:
+        raise failure[0]
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free port)."""
+    value = cli.non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {value}")
+    return value
+
+
+def top_k_count(text: str) -> int:
+    """Classes per answer, 1 to ``MAX_TOP_K``."""
+    value = cli.positive_int(text)
+    if value > MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TOP_K}, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serve.http", description=__doc__.strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="model.onnx or model.engine")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--max-bytes", type=parse_size, default=DEFAULT_MAX_BYTES,
-                        help="largest accepted request body (default 10M)")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    """The ``python -m serve.http`` command line."""
+    parser = cli.parser("python -m serve.http", __doc__.strip())
+    parser.add_argument("model", type=Path,
+                        help="model.onnx or model.engine, a folder holding model.onnx, or a search run "
+                             "directory (its selected trial's exported model)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 for every interface")
+    parser.add_argument("--port", type=port_number, default=8000,
+                        help="TCP port; 0 picks a free one (printed once listening)")
+    parser.add_argument("--max-bytes", type=cli.size_bytes, default="10M", metavar="SIZE",
+                        help="largest request body, e.g. 512k, 10M or 1048576 (a bare number is bytes)")
+    parser.add_argument("--top-k", type=top_k_count, default=5, metavar="K",
+                        help=f"classes per answer when the request has no ?top_k= (1 to {MAX_TOP_K})")
+    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                        help="runtime that runs the model; auto picks it by the file suffix")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="where the model runs; auto takes the best one available")
+    cli.add_json(parser, "the URL and the /info document (model card, runtime, limits) once listening,")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve until interrupted; ``error: ...`` and exit 2 for a bad model or a taken port."""
     args = build_parser().parse_args(argv)
-    if not 1 <= args.top_k <= MAX_TOP_K or not 0 <= args.port <= 65535 or args.max_bytes < 1:
-        print(f"error: need 1 <= --top-k <= {MAX_TOP_K}, 0 <= --port <= 65535, --max-bytes >= 1",
-              file=sys.stderr)
-        return 2
     config = HttpConfig(args.model, args.host, args.port, args.max_bytes, args.top_k,
                         args.backend, args.device)
     try:
-        serve(config)
+        serve(config, args.json)
     except USER_ERRORS as exc:
         return report_user_error(exc)
     except KeyboardInterrupt:

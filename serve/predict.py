@@ -1,18 +1,24 @@
 """Classify images with an exported model.
 
-    python -m serve.predict MODEL IMAGE... [--top-k 5] [--backend auto] [--json]
+    python -m serve.predict MODEL IMAGE... [--top-k 5] [--backend auto] [--device auto]
+                            [--json [FILE]]
+
+All images run as one batch. Put --json last (or write --json=FILE) so that it does
+not take an image for its FILE.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.core.errors import USER_ERRORS, report_user_error
+from PIL import Image
+
+from search.core import cli
+from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
+from search.core.rundir import ENGINE_SUFFIXES, ONNX_SUFFIX
 from serve.preprocess import load_image
 from serve.runtime import BACKENDS, DEVICES, classify, load_runtime
 
@@ -70,27 +76,43 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serve.predict", description=__doc__.strip())
-    parser.add_argument("model", type=Path, help="model.onnx or model.engine")
+    """The ``python -m serve.predict`` command line."""
+    parser = cli.parser("python -m serve.predict", __doc__.strip())
+    parser.add_argument("model", type=Path,
+                        help="model.onnx or model.engine, a folder holding model.onnx, or a search run "
+                             "directory (its selected trial's exported model)")
     parser.add_argument("images", type=Path, nargs="+", help="image files (JPEG, PNG, WebP, ...)")
-    parser.add_argument("--top-k", type=int, default=5, help="classes to show per image")
-    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--top-k", type=cli.positive_int, default=5, metavar="K",
+                        help="classes listed per image")
+    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                        help="runtime that runs the model; auto picks it by the file suffix")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="where the model runs; auto takes the best one available")
+    cli.add_json(parser, "the predictions")
     return parser
 
 
+def check_json_target(target: str | None) -> None:
+    """Refuse a ``--json FILE`` that is an image or a model (``--json`` took an input)."""
+    if target is None or target == cli.STDOUT:
+        return
+    suffix = Path(target).suffix.lower()
+    if suffix in (ONNX_SUFFIX, *ENGINE_SUFFIXES) or suffix in Image.registered_extensions():
+        raise NasdeployError(f"--json {target} names an image or model, not a JSON file: "
+                             "put --json last or write --json=FILE.json")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Classify; print a table, or the predictions as JSON (``--json``)."""
     args = build_parser().parse_args(argv)
-    if args.top_k < 1:
-        print("error: --top-k must be at least 1", file=sys.stderr)
-        return 2
     config = PredictConfig(args.model, args.images, args.top_k, args.backend, args.device)
     try:
+        check_json_target(args.json)
         result = run_predict(config)
+        if not cli.emit_json(args.json, result):
+            print(format_table(result))
     except USER_ERRORS as exc:
         return report_user_error(exc)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from serve_fixtures import build_tiny_model, export_tiny, sample_images, torch_probs
 
-from serve import bench, predict
+from export import tensorrt
+from search.core import cli
+from serve import bench, http, predict
 from serve.preprocess import preprocess
 
 
@@ -40,6 +43,25 @@ def test_predict_json_matches_torch(tiny, image_paths, capsys):
         names = [tiny.info.class_names[i] for i in np.argsort(-row)[:3]]
         assert [t["class"] for t in pred["top"]] == names
         assert pred["top"][0]["probability"] == pytest.approx(row.max(), abs=1e-5)
+
+
+def test_predict_json_file_keeps_the_table(tiny, image_paths, tmp_path, capsys):
+    target = tmp_path / "out" / "predictions.json"
+    assert predict.main([str(tiny.path), str(image_paths[0]), "--top-k", "2", "--json", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["image", "#", "class", "probability"]
+    result = json.loads(target.read_text())
+    (pred,) = result["predictions"]
+    assert pred["image"] == str(image_paths[0]) and len(pred["top"]) == 2
+    assert pred["top"][0]["class"] in out
+
+
+def test_predict_json_never_overwrites_an_input(tiny, image_paths, capsys):
+    before = image_paths[0].read_bytes()
+    assert predict.main([str(tiny.path), "--json", str(image_paths[0]), str(image_paths[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --json ") and "put --json last" in err and err.count("\n") == 1
+    assert image_paths[0].read_bytes() == before
 
 
 def test_predict_table(tiny, image_paths, capsys):
@@ -84,6 +106,7 @@ def test_bench_json_report(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "p50 ms" in out and "CPUExecutionProvider" in out and "host:" in out
     report = json.loads(report_path.read_text())
+    assert f"{report['results'][0]['p50_ms']:.3f}" in out
     assert [r["batch_size"] for r in report["results"]] == [1, 3]
     for row in report["results"]:
         assert row["iters"] == 4 and row["skipped"] is None
@@ -105,6 +128,27 @@ def test_bench_skips_batch_sizes_a_fixed_model_cannot_run(tiny, tmp_path, capsys
     assert "batch 8 skipped: model has a fixed batch size of 1" in capsys.readouterr().out
 
 
+def test_bench_bare_json_prints_only_the_report(tiny, capsys):
+    assert bench.main([str(tiny.path), "--batch", "2", "--warmup", "0", "--iters", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # the whole of stdout: no table around it
+    (row,) = report["results"]
+    assert row["batch_size"] == 2 and row["iters"] == 3 and row["p50_ms"] > 0
+    assert report["config"]["batch_sizes"] == [2] and report["config"]["iters"] == 3
+
+
+@pytest.mark.parametrize("flag, value, seconds", [("--duration", "500ms", 0.5), ("--duration", "1s", 1.0),
+                                                  ("--seconds", "0.5", 0.5)])
+def test_bench_duration_takes_a_unit(tiny, capsys, flag, value, seconds):
+    argv = [str(tiny.path), "--batch-sizes", "1", "--warmup", "0", flag, value, "--json"]
+    start = time.perf_counter()
+    assert bench.main(argv) == 0
+    elapsed = time.perf_counter() - start
+    report = json.loads(capsys.readouterr().out)
+    (row,) = report["results"]
+    assert report["config"]["seconds"] == seconds and report["config"]["iters"] is None
+    assert row["iters"] >= bench.MIN_ITERS and elapsed >= seconds * 0.9
+
+
 def test_bench_seconds_mode_runs_at_least_min_iters(tiny):
     config = bench.BenchConfig(tiny.path, batch_sizes=(2,), warmup=0, seconds=0.05)
     (row,) = bench.run_bench(config)["results"]
@@ -112,15 +156,51 @@ def test_bench_seconds_mode_runs_at_least_min_iters(tiny):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--batch-sizes", "1,x"], "comma-separated"),
-    (["--batch-sizes", "0"], "positive"),
+    (["--batch-sizes", "1,x"], "not a whole number: 'x'"),
+    (["--batch-sizes", "0"], "must be at least 1"),
+    (["--duration", "2 fortnights"], "cannot read duration"),
+    (["--duration", "0s"], "duration must be positive"),
+    (["--iters", "3", "--duration", "1s"], "not allowed with argument --iters"),
+    (["--batch", "1,8"], "argument --batch: not a whole number"),
+    (["--batch", "8", "--batch-sizes", "1,2"], "not allowed with argument --batch"),
 ])
 def test_bench_bad_arguments(tiny, argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         bench.main([str(tiny.path), *argv])
-    assert info.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1
 
 
 def test_bench_missing_model_exit_2(tmp_path, capsys):
     assert bench.main([str(tmp_path / "none.onnx")]) == 2
     assert capsys.readouterr().err.startswith("error: model file not found")
+
+
+CLIS = {"serve.predict": predict, "serve.bench": bench, "serve.http": http, "export.tensorrt": tensorrt}
+
+
+@pytest.mark.parametrize("name", sorted(CLIS))
+def test_every_flag_has_help_with_its_default_and_json_is_optional_file(name, capsys):
+    parser = CLIS[name].build_parser()
+    assert parser.prog == f"python -m {name}"
+    text = parser.format_help()
+    for action in parser._actions:
+        assert action.help, action.dest
+        if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+            assert "(default: " in parser._get_formatter()._expand_help(action), action.dest
+    (json_flag,) = [a for a in parser._actions if "--json" in a.option_strings]
+    assert json_flag.nargs == "?" and json_flag.const == cli.STDOUT and "--json [FILE]" in text
+    positionals = ["x.onnx", "y.png"] if name == "serve.predict" else ["x.onnx"]
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args([*positionals, "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: unrecognized arguments: --no-such-flag")
+    assert err.count("\n") == 1 and f"python -m {name} --help" in err
+
+
+def test_help_shows_defaults_with_their_units():
+    texts = {name: " ".join(module.build_parser().format_help().split()) for name, module in CLIS.items()}
+    assert "(default: 2s)" in texts["serve.bench"] and "(default: 1,8,32)" in texts["serve.bench"]
+    assert "(default: 10M)" in texts["serve.http"] and "(default: 1G)" in texts["export.tensorrt"]
+    assert "TensorRT optimization profile" in texts["export.tensorrt"]

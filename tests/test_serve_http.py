@@ -190,36 +190,72 @@ def test_survives_a_flood_of_bad_requests(server, client, tiny):
     assert response.json()["top"][0]["probability"] == pytest.approx(expected.max(), abs=1e-5)
 
 
-@pytest.mark.slow
-def test_cli_serves_over_a_real_port(tiny):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serve.http", str(tiny.path), "--port", "0", "--top-k", "2"],
-        stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
-    )
+def _start(argv: list[str]) -> tuple[subprocess.Popen, str]:
+    """``python -m serve.http`` in a subprocess; returns it and the URL of its ``serving`` line."""
+    proc = subprocess.Popen([sys.executable, "-m", "serve.http", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    for line in proc.stderr:  # uvicorn's own log lines come first; EOF if the server died
+        if line.startswith("serving "):
+            return proc, line.split(" on ", 1)[1].split()[0]
+    _stop(proc)
+    raise AssertionError(f"server did not start (exit {proc.returncode})")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """Interrupt the server like Ctrl-C; returns what it printed on stdout since last read."""
+    proc.send_signal(signal.SIGINT)
     try:
-        line = proc.stderr.readline()
-        assert "serving" in line, line
-        url = line.split(" on ", 1)[1].split()[0]
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(url + "/health", timeout=5)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    return rest
+
+
+def test_cli_serves_over_a_real_port_and_prints_its_card_as_json(tiny):
+    proc, url = _start([str(tiny.path), "--port", "0", "--top-k", "2", "--max-bytes", "10M", "--json"])
+    try:
+        lines = []
+        for line in proc.stdout:  # the JSON document, printed once listening
+            lines.append(line)
+            if line == "}\n":
                 break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server never answered"
-                time.sleep(0.1)
+        startup = json.loads("".join(lines))
+        assert startup["url"] == url and url.startswith("http://127.0.0.1:")
+        assert startup["metadata"]["class_names"] == list(tiny.info.class_names)
+        assert startup["limits"]["max_bytes"] == 10 * 1024**2 and startup["top_k"] == 2
+        health = httpx.get(url + "/health", timeout=5)  # listening: answers at once
         assert health.json()["status"] == "ok"
         answer = httpx.post(url + "/predict", content=png_bytes(sample_images(1)[0]), timeout=10)
         assert answer.status_code == 200 and len(answer.json()["top"]) == 2
+        assert httpx.get(url + "/info", timeout=5).json() == {k: v for k, v in startup.items() if k != "url"}
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        rest = _stop(proc)
+    assert proc.returncode == 0 and rest == ""  # access logs went to stderr, not into the JSON
+
+
+def test_cli_json_file_is_written_once_listening(tiny, tmp_path):
+    target = tmp_path / "server.json"
+    proc, url = _start([str(tiny.path), "--port", "0", "--json", str(target)])
+    try:
+        startup = json.loads(target.read_text())
+        assert startup["url"] == url and startup["limits"]["max_bytes"] == 10 * 1024**2
+    finally:
+        _stop(proc)
     assert proc.returncode == 0
+
+
+def test_cli_unwritable_json_file_stops_the_server_in_one_line(tiny, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file where a directory is expected")
+    proc = subprocess.run([sys.executable, "-m", "serve.http", str(tiny.path), "--port", "0",
+                           "--json", str(blocker / "server.json")], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: ") and proc.stdout == ""
 
 
 def test_cli_bad_model_is_one_line_exit_2(tmp_path, capsys):
@@ -230,17 +266,33 @@ def test_cli_bad_model_is_one_line_exit_2(tmp_path, capsys):
     assert err.startswith("error: model file not found") and err.count("\n") == 1
 
 
-def test_size_parsing_and_busy_port(capsys):
-    import argparse
+@pytest.mark.parametrize("text, size", [("10M", 10 * 1024**2), ("512k", 512 * 1024), ("2MiB", 2 * 1024**2),
+                                         ("1048576", 1048576)])
+def test_max_bytes_takes_a_unit(text, size):
+    from serve.http import build_parser
 
+    assert build_parser().parse_args(["model.onnx", "--max-bytes", text]).max_bytes == size
+    assert build_parser().parse_args(["model.onnx"]).max_bytes == 10 * 1024**2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-bytes", "ten megs"], "argument --max-bytes: cannot read size 'ten megs'"),
+    (["--port", "70000"], "a TCP port is at most 65535"),
+    (["--top-k", "101"], "must be at most 100"),
+    (["--top-k", "0"], "must be at least 1"),
+])
+def test_bad_flags_are_one_line(argv, message, capsys):
+    from serve.http import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["model.onnx", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_busy_port_is_a_one_line_error():
     from search.core.errors import NasdeployError
-    from serve.http import parse_size
 
-    assert parse_size("1048576") == 1048576
-    assert parse_size("512k") == 512 * 1024 and parse_size("10M") == 10 * 1024**2
-    assert parse_size("2MiB") == 2 * 1024**2
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_size("ten megs")
     taken = bind("127.0.0.1", 0)
     try:
         with pytest.raises(NasdeployError, match="cannot listen on 127.0.0.1"):

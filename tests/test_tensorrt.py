@@ -56,7 +56,7 @@ def test_profile_rejects_bad_orders_and_other_batches_on_fixed_models():
 
 
 def test_plan_reads_the_model_and_prints_an_equivalent_trtexec_line(model_dir, tmp_path):
-    plan = plan_build(TrtConfig(onnx=str(model_dir / "model.onnx"), workspace_mb=512, max_batch=16,
+    plan = plan_build(TrtConfig(onnx=str(model_dir / "model.onnx"), workspace_bytes=512 << 20, max_batch=16,
                                 timing_cache=str(tmp_path / "cache.bin")))
     assert plan.engine == model_dir / "model.engine" and plan.sidecar.name == "model.engine.json"
     assert plan.precision == "fp32" and plan.info.image_size == 16
@@ -97,15 +97,61 @@ def test_dry_run_prints_plan_and_trtexec_and_builds_nothing(model_dir, capsys):
     assert not list(model_dir.glob("*.engine*"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["missing.onnx"], "not found"),
-    (["--workspace", "0"], "--workspace"),
-])
-def test_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, message):
-    argv = [str(tmp_path / argv[0])] if argv[0].endswith(".onnx") else [str(model_dir / "model.onnx"), *argv]
-    assert main(argv) == 2
+def test_workspace_takes_a_size_with_a_unit(model_dir, capsys):
+    assert main([str(model_dir / "model.onnx"), "--workspace", "2G", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "workspace: 2 GiB" in out and "--memPoolSize=workspace:2048M" in out
+    assert main([str(model_dir / "model.onnx"), "--workspace", "1536K", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "workspace: 1.50 MiB" in out and "--memPoolSize=workspace:1536K" in out
+    assert main([str(model_dir / "model.onnx"), "--dry-run"]) == 0
+    assert "workspace: 1 GiB" in capsys.readouterr().out
+
+
+def test_dry_run_json_is_the_plan_alone_on_stdout(model_dir, capsys):
+    argv = [str(model_dir / "model.onnx"), "--workspace", "512M", "--max-batch", "16", "--dry-run", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    plan = result["plan"]
+    assert result["dry_run"] is True and result["built"] is None
+    assert plan["workspace_bytes"] == 512 << 20 and plan["precision"] == "fp32"
+    assert plan["profile"]["min"] == [1, 3, 16, 16] and plan["profile"]["max"] == [16, 3, 16, 16]
+    assert plan["engine"] == str(model_dir / "model.engine") and plan["trtexec"].startswith("trtexec ")
+
+
+def test_dry_run_json_file_keeps_the_text(model_dir, tmp_path, capsys):
+    target = tmp_path / "plan.json"
+    assert main([str(model_dir / "model.onnx"), "--int8", "--dry-run", "--json", str(target)]) == 0
+    out = capsys.readouterr().out
+    plan = json.loads(target.read_text())["plan"]
+    assert "precision: int8" in out and plan["precision"] == "int8"
+    assert plan["trtexec"] in out and not list(model_dir.glob("*.engine*"))
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.onnx"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "not found" in err[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workspace", "1024"], "1024 is read as bytes (below the 1 MiB minimum): add a unit, e.g. 1024M"),
+    (["--workspace", "512k"], "must be at least 1M"),
+    (["--workspace", "0"], "size must be at least 1 byte"),
+    (["--workspace", "lots"], "cannot read size 'lots'"),
+    (["--max-batch", "0"], "argument --max-batch: must be at least 1"),
+    (["--opt-batch", "x"], "argument --opt-batch: not a whole number"),
+])
+def test_bad_flags_are_one_line(model_dir, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main([str(model_dir / "model.onnx"), "--dry-run", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_library_refuses_a_workspace_below_one_mib(model_dir):
+    with pytest.raises(NasdeployError, match="at least 1 MiB"):
+        plan_build(TrtConfig(onnx=str(model_dir / "model.onnx"), workspace_bytes=1024))
 
 
 @pytest.mark.skipif(NO_TRT is None, reason="TensorRT and a GPU are present")
