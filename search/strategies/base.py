@@ -21,6 +21,8 @@ from search.space.searchspace import SearchSpace
 from search.trials.history import TrialRecord
 
 _BUILTIN_MODULES = ("search.strategies.rl", "search.strategies.optuna_study")
+DEFAULT_STUDY_NAME = "nasdeploy"
+"""Optuna study name when none is given (in-memory studies, runs made before study names)."""
 
 
 @dataclass
@@ -33,18 +35,29 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a strategy learns about a proposal."""
+    """What a strategy learns about a proposal (and what an Optuna study records of it).
+
+    ``status`` is ``ok``, ``failed`` or ``diverged``; ``genotype_key`` is the canonical
+    genotype JSON; ``duplicate_of`` the trial whose result was reused, if any.
+    """
 
     accuracy: float
     latency_ms: float | None
     reward: float
     feasible: bool
     status: str = "ok"
+    macs: int | None = None
+    params: int | None = None
+    genotype_key: str | None = None
+    error: str | None = None
+    duplicate_of: int | None = None
 
     @classmethod
     def from_record(cls, record: TrialRecord) -> Outcome:
         return cls(record.accuracy, record.latency_ms, record.reward, record.feasible,
-                   record.status)
+                   record.status, macs=record.macs, params=record.params,
+                   genotype_key=record.genotype_key, error=record.error,
+                   duplicate_of=record.duplicate_of)
 
 
 @dataclass
@@ -64,6 +77,10 @@ class StrategyConfig:
         clip: PPO ratio clip.
         startup_trials: random trials before TPE models the history.
         population_size: NSGA-II population.
+        study_name: name of the Optuna study in ``study.db`` (``None``:
+            :data:`DEFAULT_STUDY_NAME`).
+        latency_budget_ms: latency budget, a constraint for NSGA-II (``None``: none).
+        macs_budget: MAC budget, a constraint for NSGA-II (``None``: none).
     """
 
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -77,6 +94,9 @@ class StrategyConfig:
     clip: float = 0.2
     startup_trials: int = 5
     population_size: int = 8
+    study_name: str | None = None
+    latency_budget_ms: float | None = None
+    macs_budget: int | None = None
 
 
 class Strategy(ABC):

@@ -3,38 +3,65 @@
 Every decision of :class:`search.space.searchspace.SearchSpace` is one categorical parameter named
 per cell and block (``normal_b2_in0`` chooses among ``0..3``, ``reduce_b0_op1`` among
 the registry's ops), so the space is the same as the controller's. The loop drives the
-study with ``study.ask()`` / ``study.tell()``. TPE and random maximise the reward;
-NSGA-II maximises accuracy and minimises latency. The study lives in SQLite
-(``study.db`` in the run directory), so a resumed run continues it.
+study with ``study.ask()`` / ``study.tell()``. TPE and random maximise the metric
+``reward``; NSGA-II maximises ``accuracy`` and minimises ``latency_ms``, with the latency
+(and MAC) budget as Optuna constraints. The study lives in SQLite (``study.db`` in the run
+directory) under :attr:`StrategyConfig.study_name`, so a resumed run continues it and
+Optuna's own tools (``optuna-dashboard``, ``optuna.load_study``) can read it: every trial
+carries the loop's trial number, accuracy, latency, MACs, params, genotype, status and
+feasibility as user attributes, and a failed or diverged child is a ``FAIL`` trial.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from search.core.errors import NasdeployError
 from search.core.rundir import STUDY_DB_NAME
-from search.strategies.base import Outcome, Proposal, Strategy, StrategyConfig, register_strategy
+from search.strategies.base import (
+    DEFAULT_STUDY_NAME,
+    Outcome,
+    Proposal,
+    Strategy,
+    StrategyConfig,
+    register_strategy,
+)
 from search.trials.history import TrialRecord
 
-STUDY_NAME = "nasdeploy"
+STUDY_NAME = DEFAULT_STUDY_NAME
 _LOOP_TRIAL = "loop_trial"
+_CONSTRAINTS = "constraints"
+_SKIPPED = "skipped"
+_MAX_SKIPS = 10
+"""Re-asks when the sampler proposes a genotype that already failed in this run."""
+
+
+def _stored_constraints(trial: FrozenTrial) -> Sequence[float]:
+    """NSGA-II's ``constraints_func``: the values :meth:`OptunaStrategy._tell` stored."""
+    return trial.user_attrs[_CONSTRAINTS]
 
 
 class OptunaStrategy(Strategy):
     """Ask/tell wrapper around an Optuna study."""
 
     directions: tuple[str, ...] = ("maximize",)
+    metric_names: tuple[str, ...] = ("reward",)
 
     def __init__(self, config: StrategyConfig):
         super().__init__(config)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study_name = config.study_name or STUDY_NAME
         self.study = self._open_study(config.seed)
         self.count = 0
+        self.failed: dict[str, int] = {}
+        """Canonical genotype JSON -> loop trial of the children that failed."""
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         raise NotImplementedError
@@ -55,33 +82,77 @@ class OptunaStrategy(Strategy):
     def _open_study(self, seed: int) -> optuna.Study:
         self.storage = self._storage()
         study = optuna.create_study(
-            storage=self.storage, sampler=self._sampler(seed), study_name=STUDY_NAME,
+            storage=self.storage, sampler=self._sampler(seed), study_name=self.study_name,
             directions=list(self.directions), load_if_exists=True)
         wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                   else optuna.study.StudyDirection.MINIMIZE for d in self.directions]
         if list(study.directions) != wanted:
             where = Path(str(self.config.run_dir)) / STUDY_DB_NAME
-            raise NasdeployError(f"{where} holds a study with other objectives; "
+            raise NasdeployError(f"{where} holds a study {self.study_name!r} with other objectives; "
                                  f"resume it with the strategy that created it")
+        if study.metric_names != list(self.metric_names):
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, still stable
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(self.metric_names))
+        study_attrs = {"strategy": self.name, "latency_budget_ms": self.config.latency_budget_ms,
+                       "macs_budget": self.config.macs_budget}
+        for key, value in study_attrs.items():
+            if value is not None and study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
         return study
 
     def propose(self) -> Proposal:
-        trial = self.study.ask()
-        values = {d.name: trial.suggest_categorical(d.name, d.choices)
-                  for d in self.space.decisions()}
+        """Ask for a trial; a genotype that already failed here is skipped (a few times)."""
+        for attempt in range(_MAX_SKIPS + 1):
+            trial = self.study.ask()
+            values = {d.name: trial.suggest_categorical(d.name, d.choices)
+                      for d in self.space.decisions()}
+            genotype = self.space.from_values(values)
+            earlier = self.failed.get(genotype.to_json())
+            if earlier is None or attempt == _MAX_SKIPS:
+                break
+            trial.set_user_attr(_SKIPPED, f"same genotype as failed loop trial {earlier}")
+            self.study.tell(trial, state=TrialState.FAIL)
         trial.set_user_attr(_LOOP_TRIAL, self.count)
         self.count += 1
-        return Proposal(self.space.from_values(values), {"number": trial.number})
+        return Proposal(genotype, {"number": trial.number, "trial": trial,
+                                   "loop_trial": self.count - 1})
 
     def _values(self, outcome: Outcome) -> list[float] | None:
+        """The objective values, or ``None`` for a child that failed or diverged."""
+        if outcome.status != "ok":
+            return None
         return [outcome.reward]
 
-    def observe(self, proposal: Proposal, outcome: Outcome) -> None:
+    def _constraints(self, outcome: Outcome) -> list[float] | None:
+        """Constraint values (``<= 0`` is feasible), or ``None`` when unconstrained."""
+        return None
+
+    def _tell(self, trial: Trial, outcome: Outcome, loop_trial: int, key: str) -> None:
+        """Record the outcome on the trial as user attributes, then finish it."""
         values = self._values(outcome)
+        attrs: dict[str, Any] = {
+            "accuracy": outcome.accuracy, "latency_ms": outcome.latency_ms,
+            "macs": outcome.macs, "params": outcome.params, "reward": outcome.reward,
+            "feasible": outcome.feasible, "status": outcome.status, "genotype": key}
+        if outcome.error is not None:
+            attrs["error"] = outcome.error
+        if outcome.duplicate_of is not None:
+            attrs["duplicate_of"] = outcome.duplicate_of
+        constraints = None if values is None else self._constraints(outcome)
+        if constraints is not None:
+            attrs[_CONSTRAINTS] = constraints
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
         if values is None:
-            self.study.tell(proposal.info["number"], state=TrialState.FAIL)
+            self.failed.setdefault(key, loop_trial)
+            self.study.tell(trial, state=TrialState.FAIL)
         else:
-            self.study.tell(proposal.info["number"], values)
+            self.study.tell(trial, values)
+
+    def observe(self, proposal: Proposal, outcome: Outcome) -> None:
+        key = outcome.genotype_key or proposal.genotype.to_json()
+        self._tell(proposal.info["trial"], outcome, proposal.info["loop_trial"], key)
 
     def resume(self, records: Sequence[TrialRecord]) -> None:
         """Tell trials that were recorded but not told; fail the ones never finished.
@@ -90,17 +161,21 @@ class OptunaStrategy(Strategy):
         run does not replay the random proposals of its start.
         """
         self.count = len(records)
+        for record in records:
+            if self._values(Outcome.from_record(record)) is None:
+                self.failed.setdefault(record.genotype_key, record.trial)
         existing = self.study.get_trials(deepcopy=False)
-        for trial in existing:
-            if trial.state != TrialState.RUNNING:
+        for frozen in existing:
+            if frozen.state != TrialState.RUNNING:
                 continue
-            index = trial.user_attrs.get(_LOOP_TRIAL)
-            record = records[index] if index is not None and index < len(records) else None
-            values = None if record is None else self._values(Outcome.from_record(record))
-            if record is not None and values is not None:
-                self.study.tell(trial.number, values)
+            index = frozen.user_attrs.get(_LOOP_TRIAL)
+            if index is not None and index < len(records):
+                record = records[index]
+                # a Trial handle on the stored trial, to set its attributes before tell
+                trial = Trial(self.study, frozen._trial_id)
+                self._tell(trial, Outcome.from_record(record), index, record.genotype_key)
             else:
-                self.study.tell(trial.number, state=TrialState.FAIL)
+                self.study.tell(frozen.number, state=TrialState.FAIL)
         if existing:
             self.study.sampler = self._sampler(self.config.seed + len(existing))
 
@@ -128,16 +203,33 @@ class RandomStrategy(OptunaStrategy):
 
 @register_strategy("nsga2")
 class NSGA2Strategy(OptunaStrategy):
-    """NSGA-II on (accuracy: maximise, latency: minimise)."""
+    """NSGA-II on (accuracy: maximise, latency: minimise), the budgets as constraints."""
 
     name = "nsga2"
     directions = ("maximize", "minimize")
+    metric_names = ("accuracy", "latency_ms")
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.NSGAIISampler(seed=seed,
-                                             population_size=self.config.population_size)
+        constrained = self.config.latency_budget_ms is not None or self.config.macs_budget is not None
+        with warnings.catch_warnings():
+            # Optuna 5 deprecates constraints_func for Trial.set_constraint, but Optuna 4 and
+            # optuna-dashboard 0.21 read only the list it stores (system attribute "constraints").
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.NSGAIISampler(
+                seed=seed, population_size=self.config.population_size,
+                constraints_func=_stored_constraints if constrained else None)
 
     def _values(self, outcome: Outcome) -> list[float] | None:
-        if outcome.latency_ms is None:
+        if outcome.status != "ok" or outcome.latency_ms is None:
             return None
         return [outcome.accuracy, outcome.latency_ms]
+
+    def _constraints(self, outcome: Outcome) -> list[float] | None:
+        """``latency_ms - budget`` and ``macs - MAC budget`` for the budgets that are set."""
+        constraints = []
+        if self.config.latency_budget_ms is not None and outcome.latency_ms is not None:
+            constraints.append(outcome.latency_ms - self.config.latency_budget_ms)
+        if self.config.macs_budget is not None:
+            macs = math.inf if outcome.macs is None else float(outcome.macs)
+            constraints.append(macs - self.config.macs_budget)
+        return constraints or None
