@@ -3,11 +3,13 @@
 The loop takes accuracy and cost as functions; these tests pass cheap real ones (a score
 of the genotype's ops and the real MAC count of a 1@16 network) so they run in seconds.
 The end-to-end test with real child training and ONNX Runtime timing is in
-``test_run_cli.py``.
+``test_run_cli.py``. Progress goes to a given stream: a terminal gets the tqdm bar, anything
+else (``nohup``, CI) one line per trial.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -17,12 +19,15 @@ import pytest
 from search.core.rundir import HISTORY_NAME
 from search.evaluation.reward import RewardConfig
 from search.experiment.loop import Evaluator, run_loop
+from search.experiment.report import ReportContext, write_report
+from search.experiment.session import SearchConfig, SearchResult, summary_text
 from search.nn.cost import model_cost
 from search.space.genotype import REFERENCE_GENOTYPES, Genotype
 from search.space.scale import parse_scale
 from search.space.searchspace import SearchSpace
 from search.strategies.base import Outcome, Proposal, Strategy, StrategyConfig, create_strategy
 from search.trials.history import read_history
+from search.trials.selection import select_best
 
 SCALE = parse_scale("1@16", image_size=16)
 
@@ -175,3 +180,67 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path):
     result = run_loop(_strategy("rl", tmp_path), ev.evaluator(), tmp_path, max_trials=3,
                       progress=False)
     assert result.new_trials == 0 and len(ev.accuracy_calls) == calls
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("progress, stream", [(True, io.StringIO), (False, io.StringIO),
+                                              (False, _Terminal)])
+def test_headless_run_prints_one_flushed_line_per_trial(tmp_path, progress, stream):
+    out = stream()
+    ev = CountingEvaluator()
+    result = run_loop(_strategy("random", tmp_path), ev.evaluator(), tmp_path, max_trials=5,
+                      progress=progress, stream=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5
+    for n, (line, r) in enumerate(zip(lines, result.records, strict=True), start=1):
+        assert line.startswith(f"[random] trial {r.trial} ({n}/5) ok: val acc {r.accuracy:.4f}, "
+                               f"latency {r.latency_ms:.3f} ms, {r.macs / 1e6:.1f} MMACs, "
+                               f"reward {r.reward:.4f}, feasible {'yes' if r.feasible else 'no'}, "
+                               f"elapsed "), line
+        best = select_best(result.records[:n])
+        assert line.endswith(f"trial {best.record.trial})"), line
+        assert ("best feasible: acc" in line) == best.feasible, line
+
+
+def test_a_terminal_gets_the_bar_not_the_lines(tmp_path):
+    out = _Terminal()
+    run_loop(_strategy("random", tmp_path), CountingEvaluator().evaluator(), tmp_path,
+             max_trials=3, progress=True, stream=out)
+    text = out.getvalue()
+    assert "search (random)" in text and "3/3" in text
+    assert "] trial " not in text
+
+
+def test_log_lines_name_failures_repeats_and_the_time_budget(tmp_path):
+    ev = CountingEvaluator()
+    out = io.StringIO()
+
+    def broken_cost(genotype: Genotype) -> Cost:
+        raise RuntimeError("simulated out of memory")
+
+    evaluator = Evaluator(ev.accuracy, broken_cost, RewardConfig(3.0))
+    run_loop(Repeater(REFERENCE_GENOTYPES["lite"]), evaluator, tmp_path, max_trials=2,
+             time_budget_s=3600, progress=False, stream=out)
+    first, second = out.getvalue().splitlines()
+    assert first.startswith("[repeat] trial 0 (1/2) failed: val acc 0.0000, latency - ms, - MMACs")
+    assert "elapsed 0s/1h00m" in first and "best feasible: none yet" in first
+    assert first.endswith("error: latency: RuntimeError: simulated out of memory")
+    assert second.startswith("[repeat] trial 1 (2/2) failed (repeat of trial 0):")
+    assert "error:" not in second
+
+
+def test_summary_text_ends_with_the_command_that_trains_the_winner(tmp_path):
+    run_dir = tmp_path / "my run"
+    ev = CountingEvaluator()
+    loop = run_loop(_strategy("random", run_dir), ev.evaluator(), run_dir, max_trials=3,
+                    progress=False, stream=io.StringIO())
+    best = write_report(run_dir, loop.records, ReportContext(3.0, "digits"))
+    result = SearchResult(run_dir, best, loop, SearchConfig(latency_budget="3ms"), 1.0)
+    text = summary_text(result)
+    assert text.splitlines()[-1] == f"next: python -m search.train '{run_dir}'"
+    nothing = SearchResult(run_dir, None, loop, SearchConfig(latency_budget="3ms"), 1.0)
+    assert "next:" not in summary_text(nothing)

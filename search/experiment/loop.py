@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -116,8 +116,62 @@ def _postfix(records: list[TrialRecord]) -> str:
         return "best feasible: none yet"
     best = selection.record
     if not selection.feasible:
-        return f"best feasible: none yet (fastest {best.latency_ms:.2f} ms)"
-    return f"best feasible: acc {best.accuracy:.3f} @ {best.latency_ms:.2f} ms"
+        return f"best feasible: none yet (fastest {best.latency_ms:.2f} ms, trial {best.trial})"
+    return f"best feasible: acc {best.accuracy:.3f} @ {best.latency_ms:.2f} ms (trial {best.trial})"
+
+
+def _clock(seconds: float) -> str:
+    """``45s``, ``12m05s``, ``2h03m``."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def trial_line(record: TrialRecord, records: list[TrialRecord], *, max_trials: int | None,
+               elapsed_s: float, time_budget_s: float | None = None) -> str:
+    """One log line for a finished trial (what a headless run prints instead of a bar)."""
+    count = f"{len(records)}/{max_trials}" if max_trials is not None else f"{len(records)}"
+    status = record.status
+    if record.duplicate_of is not None:
+        status += f" (repeat of trial {record.duplicate_of})"
+    latency = "-" if record.latency_ms is None else f"{record.latency_ms:.3f}"
+    macs = "-" if record.macs is None else f"{record.macs / 1e6:.1f}"
+    clock = _clock(elapsed_s) + ("" if time_budget_s is None else f"/{_clock(time_budget_s)}")
+    line = (f"[{record.strategy}] trial {record.trial} ({count}) {status}: "
+            f"val acc {record.accuracy:.4f}, latency {latency} ms, {macs} MMACs, "
+            f"reward {record.reward:.4f}, feasible {'yes' if record.feasible else 'no'}, "
+            f"elapsed {clock}; {_postfix(records)}")
+    if record.error and record.duplicate_of is None:
+        line += f"; error: {record.error[:160]}"
+    return line
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise (or with ``enabled=False``) one line per trial."""
+
+    def __init__(self, name: str, max_trials: int | None, done: int, time_budget_s: float | None,
+                 *, enabled: bool, stream: TextIO):
+        self.stream = stream
+        self.max_trials = max_trials
+        self.time_budget_s = time_budget_s
+        is_tty = getattr(stream, "isatty", lambda: False)()
+        self.bar = tqdm(total=max_trials, initial=done, desc=f"search ({name})", unit="trial",
+                        file=stream, dynamic_ncols=True) if enabled and is_tty else None
+
+    def trial_done(self, records: list[TrialRecord], elapsed_s: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(_postfix(records))
+            return
+        print(trial_line(records[-1], records, max_trials=self.max_trials, elapsed_s=elapsed_s,
+                         time_budget_s=self.time_budget_s), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _stop_reason(done: int, elapsed: float, max_trials: int | None,
@@ -131,7 +185,7 @@ def _stop_reason(done: int, elapsed: float, max_trials: int | None,
 
 def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
              max_trials: int | None, time_budget_s: float | None = None,
-             progress: bool = True) -> LoopResult:
+             progress: bool = True, stream: TextIO | None = None) -> LoopResult:
     """Run (or resume) the search in ``run_dir`` until a stop condition holds.
 
     Args:
@@ -140,7 +194,10 @@ def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
         run_dir: directory holding ``trials.jsonl`` (and the strategy's state).
         max_trials: total number of trials of the run (including resumed ones).
         time_budget_s: total search time (summed wall time of all trials).
-        progress: show a progress bar on stderr.
+        progress: a progress bar when ``stream`` is a terminal; ``False`` (or a stream
+            that is not a terminal, as under ``nohup`` or in CI) prints one flushed line
+            per finished trial instead (see :func:`trial_line`).
+        stream: where progress goes (default ``sys.stderr``).
     """
     if max_trials is None and time_budget_s is None:
         raise ValueError("give max_trials or time_budget_s (or both)")
@@ -152,8 +209,8 @@ def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
     before = len(records)
     elapsed_before = sum(r.wall_time_s for r in records)
     session_start = time.perf_counter()
-    bar = tqdm(total=max_trials, initial=before, desc=f"search ({strategy.name})",
-               unit="trial", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = _Progress(strategy.name, max_trials, before, time_budget_s, enabled=progress,
+                    stream=sys.stderr if stream is None else stream)
     try:
         while True:
             elapsed = elapsed_before + time.perf_counter() - session_start
@@ -172,8 +229,7 @@ def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
             append_record(path, record)
             records.append(record)
             strategy.observe(proposal, Outcome.from_record(record))
-            bar.update(1)
-            bar.set_postfix_str(_postfix(records))
+            bar.trial_done(records, elapsed_before + time.perf_counter() - session_start)
     finally:
         bar.close()
     return LoopResult(records, reason, len(records) - before)
