@@ -13,9 +13,11 @@ if __name__ == "__main__" and not __package__:  # a file on sys.path[0] would sh
     raise SystemExit(2)
 
 import argparse
+import sys
 
 from export.onnx_export import ExportConfig, export_model, summary_lines
 from export.quantize import CALIB_METHODS
+from search.core import cli
 from search.core.errors import USER_ERRORS, report_user_error
 from search.nn.onnxio import MIN_OPSET
 
@@ -30,33 +32,47 @@ def _batch(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m export.onnx",
-        description="Export a genotype (random weights) or a training checkpoint to a checked, "
-                    "simplified, verified ONNX model that carries its preprocessing metadata.",
+    """The ``python -m export.onnx`` argument parser."""
+    parser = cli.parser(
+        "python -m export.onnx",
+        "Export a search run, a training checkpoint or a genotype to a checked, simplified, verified ONNX "
+        "model that carries its model card (preprocessing, classes, genotype) in its metadata.\n\n"
+        "A search run (its directory or genotype.json) is exported at the run's target variant, image size "
+        "and class count, with the trained weights of <run>/train-trialN/checkpoint.pt when final training "
+        "has written them (random weights otherwise, and it says so).",
     )
-    parser.add_argument("source", help="checkpoint (.pt), run folder, genotype JSON or built-in name "
-                                       "such as nasnet-a")
-    parser.add_argument("--weights", help="checkpoint whose weights to export (the positional genotype "
-                                          "must then match it)")
-    parser.add_argument("--variant", help="cifar, mobile, large or N@F (genotype input; default cifar)")
-    parser.add_argument("--image-size", type=int, help="input side in pixels")
-    parser.add_argument("--num-classes", type=int, help="classifier outputs (genotype input; default 10)")
-    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
-    parser.add_argument("--out", help="output folder or .onnx path (default: next to the checkpoint, "
-                                      "or runs/export-<name>/)")
+    parser.add_argument("source", help="search run directory, its genotype.json, a training directory "
+                        "or checkpoint (.pt), a genotype JSON or a built-in name such as nasnet-a")
+    parser.add_argument("--weights", metavar="CKPT", help="checkpoint whose weights to export (the "
+                        "positional genotype must then match it)")
+    parser.add_argument("--variant", metavar="V", help="cifar, mobile, large or N@F for a genotype input "
+                                                       "(default: the run's target variant, else cifar)")
+    parser.add_argument("--image-size", type=cli.positive_int, metavar="PX",
+                        help="input side in pixels (default: the checkpoint's or run's, else the variant's)")
+    parser.add_argument("--num-classes", type=cli.positive_int, metavar="K",
+                        help="classifier outputs for a genotype input (default: the run's, else 10)")
+    parser.add_argument("--opset", type=cli.positive_int, default=MIN_OPSET,
+                        help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--out", metavar="PATH", help="output folder or .onnx path (default: next to the "
+                        "checkpoint; <run>/random-init/ for an untrained run; else runs/export-<name>/)")
     parser.add_argument("--batch", type=_batch, default=None, metavar="N|dynamic",
-                        help="fixed batch size, or 'dynamic' (default)")
+                        help="fixed batch size of the exported graph, or 'dynamic' (default: dynamic)")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (float32 I/O)")
     parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ)")
-    parser.add_argument("--calib-data", help="dataset name (digits, cifar10, ...) or image folder for "
-                                             "int8 calibration and the agreement figures")
-    parser.add_argument("--data-dir", help="where the --calib-data dataset lives")
-    parser.add_argument("--calib-size", type=int, default=256, help="calibration images (default 256)")
-    parser.add_argument("--eval-size", type=int, default=500, help="held-out images compared (default 500)")
-    parser.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax")
-    parser.add_argument("--verify-batch", type=int, default=8, help="the larger verification batch")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calib-data", metavar="DATA",
+                        help="dataset name (digits, cifar10, ...) or image folder for INT8 calibration and "
+                             "the agreement figures (default: the checkpoint's dataset)")
+    parser.add_argument("--data-dir", metavar="PATH", help="where the --calib-data dataset lives")
+    parser.add_argument("--calib-size", type=cli.positive_int, default=256, metavar="K",
+                        help="calibration images")
+    parser.add_argument("--eval-size", type=cli.positive_int, default=500, metavar="K",
+                        help="held-out images compared between precisions")
+    parser.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
+                        help="INT8 calibration method")
+    parser.add_argument("--verify-batch", type=cli.positive_int, default=8, metavar="N",
+                        help="the larger batch the fp32 model is verified at (batch 1 always is)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+    cli.add_json(parser, "the export report")
     return parser
 
 
@@ -70,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         calib_size=args.calib_size, eval_size=args.eval_size, calib_method=args.calib_method,
         verify_batch=args.verify_batch, seed=args.seed,
     )
+    quiet = args.json == cli.STDOUT
     try:
-        result = export_model(config)
+        result = export_model(config, log=(lambda line: print(line, file=sys.stderr)) if quiet else print)
     except USER_ERRORS as exc:
         return report_user_error(exc)
-    print("\n".join(summary_lines(result)))
+    if not cli.emit_json(args.json, {"model": str(result.model_path), "report": str(result.report_path),
+                                     "extra_models": {k: str(v) for k, v in result.extra_models.items()},
+                                     **result.report}):
+        print("\n".join(summary_lines(result)))
     return 0
 
 

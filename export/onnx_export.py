@@ -46,12 +46,15 @@ from search.nn.checkpoint import build_from_card, load_checkpoint
 from search.nn.cost import count_macs, count_params
 from search.nn.onnxio import MIN_OPSET, export_onnx
 from search.space.card import ModelCard
-from search.space.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype
+from search.space.genotype import Genotype
 from search.space.scale import parse_scale
+from search.trials.runinfo import RunTarget, resolve_run, trained_checkpoint
 
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
 FP32_TOLERANCE = 1e-4
 SIMPLIFY_TOLERANCE = 1e-5
+RANDOM_INIT_DIR = "random-init"
+"""Where a search run's genotype is exported when no trained checkpoint exists yet."""
 LOGIT_SCALE = 10.0  # up to this |logit|, the fp32 tolerance is absolute
 REPORT_FORMAT = "nasdeploy-export-report"
 ACCURACY_KEYS = ("test_accuracy", "accuracy", "val_accuracy")
@@ -90,6 +93,7 @@ class LoadedModel:
     trained: bool
     checkpoint: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None  # the search run it came from
 
 
 @dataclass
@@ -117,31 +121,37 @@ def is_checkpoint_path(path: Path) -> bool:
         return handle.read(4) == b"PK\x03\x04"
 
 
-def resolve_source(source: str, weights: str | None) -> tuple[Path | None, Genotype | None, str]:
-    """Split the positional argument into (checkpoint, genotype to check, name).
+def resolve_source(source: str, weights: str | None, log: Any = print
+                   ) -> tuple[Path | None, Genotype | None, str, RunTarget | None]:
+    """Split the positional argument into (checkpoint, genotype to check, name, run target).
 
-    A run directory stands for its ``checkpoint.pt`` (or else its ``genotype.json``).
+    A training directory stands for its ``checkpoint.pt``. A search run (its directory or
+    its ``genotype.json``) stands for the run's trained checkpoint of the selected genotype
+    when final training has produced one (``<run>/train/checkpoint.pt``); otherwise for the
+    genotype at the run's recorded target variant, image size and class count.
     """
     path = Path(source).expanduser()
-    if path.is_dir():
-        if (path / CHECKPOINT_NAME).is_file():
-            path = path / CHECKPOINT_NAME
-        elif (path / GENOTYPE_NAME).is_file():
-            path = path / GENOTYPE_NAME
-        else:
-            raise NasdeployError(f"{path} holds neither {CHECKPOINT_NAME} nor {GENOTYPE_NAME}")
+    if path.is_dir() and (path / CHECKPOINT_NAME).is_file() and weights is None:
+        path = path / CHECKPOINT_NAME
     if weights is not None:
         ckpt = Path(weights).expanduser()
         if not ckpt.exists():
             raise NasdeployError(f"checkpoint not found: {ckpt}")
-        genotype = None if is_checkpoint_path(path) else load_genotype(str(path) if path.exists() else source)
-        return ckpt, genotype, _name_of(ckpt)
+        genotype = None if is_checkpoint_path(path) else resolve_run(source).genotype
+        return ckpt, genotype, _name_of(ckpt), None
     if is_checkpoint_path(path):
-        return path, None, _name_of(path)
+        return path, None, _name_of(path), None
     if not path.exists() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise NasdeployError(f"checkpoint not found: {path}")
-    genotype = load_genotype(source if source in REFERENCE_GENOTYPES else str(path))
-    return None, genotype, source if source in REFERENCE_GENOTYPES else _name_of(path)
+    target = resolve_run(source)
+    if target.from_run:
+        trained = trained_checkpoint(target)
+        if trained is not None:
+            log(f"using the run's trained weights: {trained}")
+            return trained, target.genotype, target.name, target
+        log(f"no trained checkpoint in {target.run_dir} yet (train it: python -m search.train "
+            f"{target.run_dir}); exporting the genotype at the run's target")
+    return None, target.genotype, target.name, target
 
 
 def _name_of(path: Path) -> str:
@@ -150,26 +160,31 @@ def _name_of(path: Path) -> str:
     return path.parent.name if path.stem in run_files and path.parent.name else path.stem
 
 
-def load_model(config: ExportConfig) -> LoadedModel:
+def load_model(config: ExportConfig, log: Any = print) -> LoadedModel:
     """Rebuild the network of ``config.source`` (trained weights or random init)."""
-    checkpoint, genotype, name = resolve_source(config.source, config.weights)
+    checkpoint, genotype, name, target = resolve_source(config.source, config.weights, log)
     if checkpoint is None:
         assert genotype is not None
-        return _random_model(genotype, name, config)
+        return _random_model(genotype, name, config, target)
     model, spec, raw = load_checkpoint(checkpoint)
     _check_matches(spec, genotype, config, checkpoint)
-    return LoadedModel(model.eval(), spec, name, True, checkpoint, dict(raw.get("metrics") or {}))
+    return LoadedModel(model.eval(), spec, name, True, checkpoint, dict(raw.get("metrics") or {}),
+                       run_dir=target.run_dir if target else None)
 
 
-def _random_model(genotype: Genotype, name: str, config: ExportConfig) -> LoadedModel:
-    scale = parse_scale(config.variant or "cifar", config.image_size)
-    num_classes = config.num_classes or 10
+def _random_model(genotype: Genotype, name: str, config: ExportConfig,
+                  target: RunTarget | None = None) -> LoadedModel:
+    recorded = target or RunTarget(source=name, name=name, genotype=genotype)
+    variant = config.variant or recorded.variant or "cifar"
+    scale = parse_scale(variant, config.image_size or recorded.image_size)
+    num_classes = config.num_classes or recorded.num_classes or 10
     if num_classes < 1:
         raise NasdeployError(f"--num-classes must be positive, got {num_classes}")
-    spec = ModelCard(genotype=genotype, scale=config.variant or "cifar", image_size=scale.image_size,
-                     num_classes=num_classes, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    spec = ModelCard(genotype=genotype, scale=variant, image_size=scale.image_size,
+                     num_classes=num_classes, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                     dataset=recorded.dataset)
     model = build_from_card(spec).eval()
-    return LoadedModel(model, spec, name, trained=False)
+    return LoadedModel(model, spec, name, trained=False, run_dir=recorded.run_dir)
 
 
 def _check_matches(spec: ModelCard, genotype: Genotype | None, config: ExportConfig, ckpt: Path) -> None:
@@ -196,6 +211,8 @@ def output_path(config: ExportConfig, loaded: LoadedModel) -> Path:
         return out if out.suffix.lower() == ONNX_SUFFIX else out / MODEL_ONNX_NAME
     if loaded.checkpoint is not None:
         return loaded.checkpoint.parent / MODEL_ONNX_NAME
+    if loaded.run_dir is not None:
+        return loaded.run_dir / RANDOM_INIT_DIR / MODEL_ONNX_NAME
     return Path("runs") / f"export-{loaded.name}" / MODEL_ONNX_NAME
 
 
@@ -324,7 +341,7 @@ def publish(files: dict[Path, Path]) -> None:
 def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
     """Export, check, verify and (optionally) quantize; see the module docstring."""
     _validate(config)
-    loaded = load_model(config)
+    loaded = load_model(config, log)
     if not loaded.trained:
         warn(f"no trained weights: exporting {loaded.name} with RANDOMLY INITIALISED weights "
              "(fine for format and latency checks, useless for predictions)")
@@ -333,7 +350,8 @@ def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
     info = model_card(loaded)
     with staging_dir(final.parent) as stage:
         staged = stage / final.name
-        log(f"exporting {loaded.name} ({spec.scale}, {spec.image_size} px, opset {config.opset}) ...")
+        log(f"exporting {loaded.name} ({spec.scale}, {spec.image_size} px, {spec.num_classes} classes, "
+            f"opset {config.opset}) ...")
         started = time.perf_counter()
         export_onnx(loaded.model, stage / "raw.onnx", spec.image_size, opset=config.opset,
                     dynamic_batch=config.batch is None, batch_size=config.batch or 1, simplify=False)
@@ -448,4 +466,5 @@ def summary_lines(result: ExportResult) -> list[str]:
             lines.append(f"  {precision} vs fp32 ({section['samples']} {section['inputs']}): top-1 agreement "
                          f"{section['top1_agreement']:.3f}, max abs error {section['max_abs_error']:.2e}"
                          f"{acc_text} -> {section['model']}")
+    lines.append(f"next: python -m serve.predict {result.model_path} IMAGE...")
     return lines

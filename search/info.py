@@ -3,18 +3,26 @@
 Usage::
 
     python -m search.info nasnet-a --variant mobile
-    python -m search.info runs/x/genotype.json --variant 2@64 --image-size 32 --json
+    python -m search.info runs/x                # the run's genotype at the run's target and size
+    python -m search.info runs/x --trial 3 --variant 2@64 --json
     python -m search.info nasnet-a --draw cells.png
+
+Given a search run (its directory or ``genotype.json``), the variant, image size and class
+count default to the ones the search measured latency at.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from search.core import cli
 from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
+from search.space.scale import VARIANTS
+from search.trials.runinfo import RunTarget, resolve_run
+
+DEFAULT_VARIANT = "cifar"
 
 
 @dataclass(frozen=True)
@@ -22,11 +30,12 @@ class InfoConfig:
     """What to inspect and how to report it."""
 
     genotype: str
-    variant: str = "cifar"
+    variant: str | None = None
     image_size: int | None = None
     num_classes: int | None = None
     as_json: bool = False
     draw: str | None = None
+    trial: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class GenotypeInfo:
     num_cells: int
     params: int
     macs: int
+    summary: str = ""
+    source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (the ``--json`` output)."""
@@ -63,6 +74,8 @@ class GenotypeInfo:
             "num_cells": self.num_cells,
             "params": self.params,
             "macs": self.macs,
+            "scale_summary": self.summary,
+            "source": self.source,
         }
 
 
@@ -74,10 +87,12 @@ def inspect_genotype(config: InfoConfig) -> GenotypeInfo:
             or a ``draw`` path without a ``.png`` / ``.svg`` suffix.
     """
     from search.space.draw import draw_genotype, resolve_format
-    from search.space.scale import parse_scale
+    from search.space.scale import parse_scale, scale_summary
 
     # Cheap checks first: they need neither torch nor a model.
-    scale = parse_scale(config.variant, config.image_size)
+    target = resolve_run(config.genotype, config.trial)
+    variant, image_size, classes = recorded_scale(config, target)
+    scale = parse_scale(variant, image_size)
     if config.num_classes is not None and config.num_classes < 1:
         raise NasdeployError(f"--num-classes must be positive, got {config.num_classes}")
     if config.draw is not None:
@@ -85,10 +100,9 @@ def inspect_genotype(config: InfoConfig) -> GenotypeInfo:
 
     from search.nn.cost import count_macs, count_params
     from search.nn.model import build_model
-    from search.space.genotype import load_genotype
 
-    genotype = load_genotype(config.genotype)
-    num_classes = config.num_classes or (10 if scale.layout == "cifar" else 1000)
+    genotype = target.genotype
+    num_classes = classes or (10 if scale.layout == "cifar" else 1000)
     model = build_model(genotype, scale, num_classes=num_classes)
     stem, stages = _cell_widths(model)
     info = GenotypeInfo(
@@ -105,10 +119,23 @@ def inspect_genotype(config: InfoConfig) -> GenotypeInfo:
         num_cells=len(model.cells),
         params=count_params(model),
         macs=count_macs(model, scale.image_size),
+        summary=scale_summary(scale, genotype),
+        source=target.describe() if target.from_run else config.genotype,
     )
     if config.draw is not None:
         draw_genotype(genotype, config.draw, title=f"{config.genotype}")
     return info
+
+
+def recorded_scale(config: InfoConfig, target: RunTarget) -> tuple[str, int | None, int | None]:
+    """Variant, image size and classes: the flags, else what the run recorded, else defaults.
+
+    A named variant other than the run's (``mobile``) keeps its own image size.
+    """
+    variant = config.variant or target.variant or DEFAULT_VARIANT
+    own_size = variant.strip().lower() in VARIANTS and variant != target.variant
+    image_size = config.image_size or (None if own_size else target.image_size)
+    return variant, image_size, config.num_classes or target.num_classes
 
 
 def _cell_widths(model: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -142,7 +169,7 @@ def format_info(info: GenotypeInfo) -> str:
     stem = f"stem reduction cells {', '.join(map(str, info.stem_widths))}; " if info.stem_widths else ""
     stem_count = f"{len(info.stem_widths)} stem reduction + " if info.stem_widths else ""
     lines = [
-        f"genotype:  {info.genotype_name}",
+        f"genotype:  {info.source or info.genotype_name}",
         genotype_text(info.genotype),
         f"scale:     {named}{info.notation} ({normal_per_stage} normal cells per stage; "
         f"the last cell outputs {info.output_channels} channels)",
@@ -152,35 +179,44 @@ def format_info(info: GenotypeInfo) -> str:
         f"width C:   {stem}stages {', '.join(map(str, info.stage_widths))}",
         f"params:    {_human(info.params)} ({info.params:,})",
         f"MACs:      {_human(info.macs)} ({info.macs:,}) per image",
+        f"N@F:       {info.summary}",
     ]
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m search.info",
-        description="Show a genotype's cells, scale, parameters and mult-adds (MACs).",
-    )
-    parser.add_argument("genotype", help="genotype JSON file or built-in name (e.g. nasnet-a)")
-    parser.add_argument("--variant", default="cifar", help="cifar, mobile, large or N@F (default: cifar)")
-    parser.add_argument("--image-size", type=int, default=None, help="input size in px (default: variant's)")
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="classifier outputs (default: 10 for the cifar layout, else 1000)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--draw", metavar="FILE", default=None, help="also write a .png or .svg picture")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m search.info`` argument parser."""
+    parser = cli.parser("python -m search.info", "Show a genotype's cells, scale, parameters and "
+                        "mult-adds (MACs); a search run is shown at the size its latency was measured at.")
+    parser.add_argument("genotype", help="search run directory, genotype JSON file or built-in name "
+                                         "(e.g. nasnet-a)")
+    parser.add_argument("--trial", type=cli.non_negative_int, metavar="N",
+                        help="trial N of the run instead of its selected genotype")
+    parser.add_argument("--variant", metavar="V", help=f"cifar, mobile, large or N@F (default: the run's "
+                                                       f"target variant, else {DEFAULT_VARIANT})")
+    parser.add_argument("--image-size", type=cli.positive_int, metavar="PX",
+                        help="input side in pixels (default: the run's, else the variant's)")
+    parser.add_argument("--num-classes", type=cli.positive_int, metavar="K",
+                        help="classifier outputs (default: the run's, else 10 for the cifar layout, 1000 "
+                             "otherwise)")
+    cli.add_json(parser, "the figures")
+    parser.add_argument("--draw", metavar="FILE", help="also write a .png or .svg picture of the cells")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m search.info``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    config = InfoConfig(args.genotype, args.variant, args.image_size, args.num_classes, args.json, args.draw)
+    args = build_parser().parse_args(argv)
+    config = InfoConfig(args.genotype, args.variant, args.image_size, args.num_classes,
+                        args.json is not None, args.draw, args.trial)
     try:
         info = inspect_genotype(config)
+        if cli.emit_json(args.json, info.to_dict()):
+            return 0
     except USER_ERRORS as exc:
         return report_user_error(exc)
-    print(json.dumps(info.to_dict()) if config.as_json else format_info(info))
-    if config.draw and not config.as_json:
+    print(format_info(info))
+    if config.draw:
         print(f"picture:   {config.draw}")
     return 0
 

@@ -12,48 +12,71 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
+from search.core import cli
 from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
 
-RESUME_FLAGS = {"resume", "trials", "time_budget", "no_progress"}
+RESUME_FLAGS = {"resume", "trials", "time_budget", "no_progress", "json"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+def _keep_text(convert):
+    """Validate with the shared unit parser but keep the user's spelling (for config.json)."""
+    def check(text: str) -> str:
+        convert(text)
+        return text.strip()
+
+    check.__name__ = convert.__name__
+    return check
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """All flags; every default is ``None`` so given flags can be told apart."""
-    p = _Parser(prog="python -m search.run", argument_default=None,
-                description="Search a NASNet cell that is accurate and fast on the target device.")
+    """All flags; every default is ``None`` so given flags can be told apart (defaults in help)."""
+    p = cli.parser("python -m search.run", "Search a NASNet cell that is accurate and fast on the target "
+                   "device.\n\n" + __doc__.split("\n\n", 1)[1].strip(), argument_default=None)
     add = p.add_argument
-    add("--latency-budget", metavar="T", help="latency target, e.g. 5ms, 800us, 0.005s (required)")
-    add("--flops-budget", metavar="N", help="optional MAC budget, e.g. 600M")
+    add("--latency-budget", type=_keep_text(cli.latency_ms), metavar="T",
+        help="latency target of the deployment model, with its unit: 5ms, 800us, 0.005s (required)")
+    add("--macs-budget", type=_keep_text(cli.count), metavar="N", dest="macs_budget",
+        help="optional budget of multiply-accumulates per image of the deployment model, e.g. 600M, "
+             "1.2G (default: none)")
+    add("--flops-budget", type=_keep_text(cli.count), metavar="N", dest="macs_budget",
+        help="old name of --macs-budget (it always counted multiply-accumulates, not FLOPs)")
     add("--latency-weight", type=float, metavar="W",
-        help="MnasNet exponent alpha=beta=W (default -0.07)")
+        help="MnasNet soft-constraint exponent alpha=beta=W (default: -0.07)")
     add("--hard-constraint", action="store_true", default=None,
-        help="hard constraint: alpha=0, beta=-1 (overrides --latency-weight)")
-    add("--strategy", choices=["rl", "tpe", "random", "nsga2"], help="search strategy (default rl)")
-    add("--trials", type=int, metavar="N", help="stop after N trials (default 100)")
-    add("--time-budget", metavar="D", help="stop after this much search time, e.g. 30m, 2h")
-    add("--dataset", help="cifar10 (default), cifar100, digits or imagefolder")
-    add("--data-dir", metavar="PATH", help="dataset folder or .npz (CIFAR, imagefolder)")
-    add("--child-scale", metavar="N@F", help="proxy network size (default per dataset)")
-    add("--child-epochs", type=int, metavar="E", help="training epochs per child")
-    add("--child-train-size", type=int, metavar="K", help="train children on K images")
-    add("--image-size", type=int, metavar="PX", help="image size (default per dataset)")
-    add("--target-variant", metavar="V", help="deployment scale for latency: cifar (default), "
-        "mobile, large or N@F")
-    add("--latency-device", choices=["cpu", "cuda"], help="ONNX Runtime device for latency")
-    add("--device", help="child training device: auto (default), cpu, cuda")
-    add("--blocks", type=int, metavar="B", help="blocks per cell (default 5)")
-    add("--seed", type=int, help="random seed (default 0)")
-    add("--rl-batch", type=int, metavar="K", help="children per PPO update (default 4)")
+        help="hard constraint: alpha=0, beta=-1, reward drops to 0 over budget (overrides --latency-weight)")
+    add("--strategy", choices=["rl", "tpe", "random", "nsga2"], help="search strategy (default: rl)")
+    add("--trials", type=cli.positive_int, metavar="N", help="stop after N trials (default: 100 when no "
+                                                             "--time-budget is given)")
+    add("--time-budget", type=_keep_text(cli.duration_s), metavar="D",
+        help="stop after this much search time: 90s, 30m, 2h, 1h30m; a bare number is seconds "
+             "(default: none)")
+    add("--dataset", help="cifar10, cifar100, digits or imagefolder (default: cifar10)")
+    add("--data-dir", metavar="PATH", help="dataset folder or .npz for CIFAR or imagefolder (default: "
+                                           "torchvision's cache, ~/.cache/nasdeploy)")
+    add("--child-scale", metavar="N@F", help="proxy network size (default: 1@32 for digits and CIFAR, 1@64 "
+                                             "for image folders)")
+    add("--child-epochs", type=cli.positive_int, metavar="E", help="training epochs per child (default: 1)")
+    add("--child-train-size", type=cli.positive_int, metavar="K",
+        help="train each child on K images (default: 5000 for CIFAR, all for digits and image folders)")
+    add("--image-size", type=cli.positive_int, metavar="PX",
+        help="input side in pixels (default: the dataset's, digits 16, CIFAR 32)")
+    add("--target-variant", metavar="V", help="deployment scale latency is measured at: cifar (6@768), "
+        "mobile, large or N@F (default: cifar)")
+    add("--latency-device", choices=["cpu", "cuda"],
+        help="ONNX Runtime device latency is measured on (default: cpu)")
+    add("--device", help="child training device: auto, cpu or cuda (default: auto)")
+    add("--blocks", type=cli.positive_int, metavar="B", help="blocks per cell (default: 5)")
+    add("--seed", type=int, help="random seed (default: 0)")
+    add("--rl-batch", type=cli.positive_int, metavar="K", help="children per PPO update (default: 4)")
+    add("--study-name", metavar="NAME", help="Optuna study name in study.db (default: nasdeploy-<run dir "
+                                             "name>)")
     add("--out", metavar="DIR", help="run directory (default: a new one under runs/)")
-    add("--resume", metavar="DIR", help="continue an interrupted run (settings from DIR)")
-    add("--no-progress", action="store_true", default=None, help="no progress bar")
+    add("--resume", metavar="DIR", help="continue an interrupted run in DIR with its config.json settings "
+                                        "(only --trials and --time-budget may change)")
+    add("--no-progress", action="store_true", default=None,
+        help="no progress bar: one line per finished trial (also when output is not a terminal)")
+    cli.add_json(p, "the search result (selected trial, figures, files)")
     return p
 
 
@@ -85,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run (or resume) the search, print a short summary."""
     args = build_parser().parse_args(argv)
     given = _given(args)
+    json_target = given.pop("json", None)
     try:
         result = _run(given)
     except USER_ERRORS as exc:
@@ -96,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run_dir}" if run_dir else " before the search started")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
-    from search.experiment.session import summary_text
+    from search.experiment.session import result_dict, summary_text
 
-    print(summary_text(result))
+    if not cli.emit_json(json_target, result_dict(result)):
+        print(summary_text(result))
     return 0
 
 

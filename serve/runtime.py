@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from search.core.errors import NasdeployError
 from search.core.rundir import ENGINE_SUFFIXES, ONNX_SUFFIX
 from search.runtime.sessions import DEVICES
 from search.space.card import ModelCard
+from search.trials.runinfo import exported_model
 from serve.errors import ServeError
 from serve.preprocess import preprocess, top_k
 
@@ -142,7 +144,9 @@ def load_runtime(path: str | Path, backend: str = "auto", device: str = "auto") 
     """Load a model file with the named backend (``"auto"``: chosen by file suffix).
 
     Args:
-        path: ``model.onnx`` (onnxruntime) or ``model.engine`` (tensorrt).
+        path: ``model.onnx`` (onnxruntime) or ``model.engine`` (tensorrt); a folder
+            holding ``model.onnx``, or a search run directory (see
+            :func:`search.trials.runinfo.exported_model`).
         backend: A name from :data:`BACKENDS` or ``"auto"``.
         device: ``"auto"`` (best available), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``
             (:data:`search.runtime.sessions.DEVICES`, the same names the search uses).
@@ -152,6 +156,11 @@ def load_runtime(path: str | Path, backend: str = "auto", device: str = "auto") 
             or a file without nasdeploy metadata; the message is one line.
     """
     path = Path(path)
+    if path.is_dir():  # a folder with model.onnx, or a search run: its selected trial's export
+        try:
+            path = exported_model(path)
+        except NasdeployError as exc:
+            raise ServeError(str(exc)) from None
     if device not in DEVICES:
         raise ServeError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     name = backend_for(path) if backend == "auto" else backend

@@ -103,8 +103,15 @@ BAD_FILES = {
 }
 
 
+def _exit_status(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:  # rejected by the parser
+        return int(stop.code or 0)
+
+
 def _one_line_error(capsys, argv: list[str], expected: str) -> None:
-    assert main(argv) == 2
+    assert _exit_status(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from search import train as train_mod
 from search.nn.checkpoint import load_checkpoint
 from search.space.genotype import REFERENCE_GENOTYPES
-from search.train import default_out_dir, main
+from search.train import main
+from search.training import final as final_mod
+from search.training.final import default_out_dir
 
 TINY = ["--dataset", "digits", "--variant", "1@16", "--image-size", "8", "--train-size", "200",
-        "--batch-size", "32", "--no-progress"]
+        "--batch", "32", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +46,20 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
     finished: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     out = tmp_path / "interrupted"
-    real_print = train_mod._print_epoch
+    real_line = final_mod._epoch_line
 
     def stop_after_first_epoch(row, epochs):  # the checkpoint of epoch 1 is already saved
-        real_print(row, epochs)
+        real_line(row, epochs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "_print_epoch", stop_after_first_epoch)
+    monkeypatch.setattr(final_mod, "_epoch_line", stop_after_first_epoch)
     assert main(["lite", *TINY, "--epochs", "2", "--out", str(out)]) == 130
-    assert "--resume" in capsys.readouterr().err
+    assert f"python -m search.train --resume {out}" in capsys.readouterr().err
     _, _, partial = load_checkpoint(out / "checkpoint.pt")
     assert partial["training"]["epoch"] == 1 and "test_accuracy" not in partial["metrics"]
-    monkeypatch.setattr(train_mod, "_print_epoch", real_print)
-    assert main(["lite", "--resume", "--out", str(out), "--no-progress"]) == 0
+    monkeypatch.setattr(final_mod, "_epoch_line", real_line)
+    assert main(["--resume", str(out), "--no-progress"]) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
     _, _, resumed = load_checkpoint(out / "checkpoint.pt")
     _, _, straight = load_checkpoint(finished / "checkpoint.pt")
     for key, value in straight["state_dict"].items():
@@ -68,16 +70,17 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
 
 def test_refuses_to_overwrite_or_resume_the_wrong_run(finished: Path, capsys) -> None:
     assert main(["lite", *TINY, "--epochs", "1", "--out", str(finished)]) == 2
-    assert "--resume" in capsys.readouterr().err
-    assert main(["nasnet-a", "--resume", "--out", str(finished), "--no-progress"]) == 2
+    assert f"--resume {finished}" in capsys.readouterr().err
+    assert main(["nasnet-a", "--resume", str(finished), "--no-progress"]) == 2
     assert "different genotype" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["nope", *TINY], "no genotype"), (["lite", *TINY, "--variant", "3x"], "unknown variant"),
+    [(["nope", *TINY], "built-in genotype named"), (["lite", *TINY, "--variant", "3x"], "unknown variant"),
      (["lite", "--dataset", "cifar10", "--data-dir", "missing-dir"], "does not exist"),
-     (["lite", "--resume", "--no-progress"], "--resume needs --out")],
+     (["--no-progress"], "name what to train"),
+     (["--resume", "no-such-dir", "--no-progress"], "nothing to resume")],
 )
 def test_bad_input_is_one_line_and_leaves_no_run_dir(args, message, tmp_path: Path,
                                                      monkeypatch, capsys) -> None:
@@ -90,5 +93,14 @@ def test_bad_input_is_one_line_and_leaves_no_run_dir(args, message, tmp_path: Pa
 
 def test_default_out_dir_names_the_genotype(tmp_path: Path) -> None:
     assert default_out_dir("nasnet-a", str(tmp_path)).name.startswith("train-nasnet-a-")
-    searched = default_out_dir("runs/tpe-digits/genotype.json", str(tmp_path))
-    assert searched.name.startswith("train-tpe-digits-")
+    (tmp_path / "train-x-1").mkdir()
+    assert default_out_dir("x", str(tmp_path)) != tmp_path / "train-x-1"
+
+
+def test_a_chance_level_result_is_flagged(tmp_path: Path, capsys) -> None:
+    # A vanishing learning rate leaves the random network where it started (about 0.1 on
+    # 10 classes); the warning must appear exactly when the reported accuracy is that low.
+    assert main(["lite", *TINY, "--epochs", "1", "--lr", "1e-12", "--out", str(tmp_path / "flat")]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("test accuracy ")[1].split(";")[0])
+    assert ("near chance" in out) == (accuracy < 0.15)

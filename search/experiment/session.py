@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,19 +23,32 @@ from typing import Any
 from search.core.atomic import atomic_write_text, unique_path
 from search.core.errors import NasdeployError
 from search.core.jsonio import read_json
-from search.core.rundir import CONFIG_NAME, HISTORY_NAME, LATENCY_CACHE_NAME, LOCK_NAME, REPORT_FILES
+from search.core.rundir import (
+    CONFIG_NAME,
+    HISTORY_NAME,
+    LATENCY_CACHE_NAME,
+    LOCK_NAME,
+    REPORT_FILES,
+    STUDY_DB_NAME,
+)
 from search.core.units import parse_count, parse_duration, parse_latency
 from search.evaluation.reward import RewardConfig
 from search.experiment.loop import Evaluator, LoopResult, run_loop
-from search.experiment.report import ReportContext, write_report
+from search.experiment.report import ReportContext, describe_target, write_report
 from search.space.searchspace import SearchSpace
-from search.strategies.base import StrategyConfig, available_strategies, create_strategy
+from search.strategies.base import (
+    DEFAULT_STUDY_NAME,
+    StrategyConfig,
+    available_strategies,
+    create_strategy,
+)
 from search.trials.history import read_history
 from search.trials.selection import Selection
 
 DEFAULT_TRIALS = 100
 CONFIG_MAX_BYTES = 1024 * 1024  # config.json holds a few dozen settings
 DEFAULT_RUNS_DIR = "runs"
+STUDY_NAME_MAX_CHARS = 512  # Optuna's RDB storage limit for study names
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,7 @@ class SearchConfig:
     """Everything a search run needs; saved as ``config.json`` in the run directory."""
 
     latency_budget: str
-    flops_budget: str | None = None
+    macs_budget: str | None = None
     latency_weight: float | None = None
     hard_constraint: bool = False
     strategy: str = "rl"
@@ -80,6 +94,7 @@ class SearchConfig:
     seed: int = 0
     rl_batch: int = 4
     out: str | None = None
+    study_name: str | None = None
 
     def validate(self) -> None:
         """Check every setting; raise :class:`NasdeployError` with one line."""
@@ -97,6 +112,11 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NasdeployError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.study_name is not None and not (
+                self.study_name.strip() and self.study_name.isprintable()
+                and len(self.study_name) <= STUDY_NAME_MAX_CHARS):
+            raise NasdeployError(f"--study-name must be 1 to {STUDY_NAME_MAX_CHARS} printable "
+                                 f"characters, got {self.study_name[:80]!r}")
         if self.latency_device not in ("cpu", "cuda"):
             raise NasdeployError(f"--latency-device must be cpu or cuda, got "
                                  f"{self.latency_device!r}")
@@ -121,7 +141,7 @@ class SearchConfig:
         """The MnasNet reward settings from the budget flags."""
         weights = {} if self.latency_weight is None else {"alpha": self.latency_weight,
                                                          "beta": self.latency_weight}
-        macs = None if self.flops_budget is None else parse_count(self.flops_budget)
+        macs = None if self.macs_budget is None else parse_count(self.macs_budget)
         return RewardConfig(parse_latency(self.latency_budget), hard=self.hard_constraint,
                             macs_budget=macs, **weights)
 
@@ -135,6 +155,9 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        data = dict(data)
+        if "flops_budget" in data:  # runs written before the flag was called --macs-budget
+            data.setdefault("macs_budget", data.pop("flops_budget"))
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown or "latency_budget" not in data:
@@ -158,6 +181,14 @@ def new_run_dir(config: SearchConfig, root: str | Path = DEFAULT_RUNS_DIR) -> Pa
     """``runs/<date>-<time>-<strategy>-<dataset>``, made unique with a suffix."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return unique_path(Path(root) / f"{stamp}-{config.strategy}-{config.dataset}")
+
+
+def default_study_name(run_dir: Path, resume: bool = False) -> str:
+    """``nasdeploy-<run directory name>``; a run resumed from before study names keeps its
+    ``study.db`` study, :data:`~search.strategies.base.DEFAULT_STUDY_NAME`."""
+    if resume and (run_dir / STUDY_DB_NAME).exists():
+        return DEFAULT_STUDY_NAME
+    return f"{DEFAULT_STUDY_NAME}-{run_dir.name}"
 
 
 def _settings(config: SearchConfig, data: Any) -> tuple[Any, Any]:
@@ -199,7 +230,9 @@ def _context(config: SearchConfig, data: Any) -> ReportContext:
                 "latency": dataclasses.asdict(latency),
                 "reward": {"alpha": reward.exponents[0], "beta": reward.exponents[1],
                            "hard": reward.hard}}
-    return ReportContext(reward.latency_budget_ms, data.name, reward.macs_budget, settings)
+    return ReportContext(reward.latency_budget_ms, data.name, reward.macs_budget, settings,
+                         strategy=config.strategy, latency_device=config.latency_device,
+                         target=describe_target(latency.scale, latency.image_size))
 
 
 def _prepare_dir(config: SearchConfig, run_dir: Path, resume: bool) -> None:
@@ -242,6 +275,8 @@ def run_search(config: SearchConfig, *, progress: bool = True, resume: bool = Fa
     run_dir = Path(config.out) if config.out else new_run_dir(config)
     evaluator = _evaluator(config, data, run_dir)  # checks the latency provider first
     config.out = str(run_dir)
+    if config.study_name is None:
+        config.study_name = default_study_name(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         _prepare_dir(config, run_dir, resume)
@@ -252,7 +287,9 @@ def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path
             progress: bool, start: float) -> SearchResult:
     strategy = create_strategy(config.strategy, StrategyConfig(
         space=SearchSpace(config.blocks), seed=config.seed, run_dir=run_dir,
-        rl_batch=config.rl_batch))
+        rl_batch=config.rl_batch, study_name=config.study_name,
+        latency_budget_ms=evaluator.reward.latency_budget_ms,
+        macs_budget=evaluator.reward.macs_budget))
     ctx = _context(config, data)
     try:
         result = run_loop(strategy, evaluator, run_dir, max_trials=config.max_trials,
@@ -292,7 +329,8 @@ def resume_search(run_dir: str | Path, *, trials: int | None = None,
 
 
 def summary_text(result: SearchResult) -> str:
-    """The short summary printed at the end of a run."""
+    """The short summary printed at the end of a run; its last line is the command that
+    trains the selected genotype (``next: python -m search.train RUN_DIR``)."""
     budget = result.config.reward_config().latency_budget_ms
     lines = []
     best = result.best
@@ -314,4 +352,26 @@ def summary_text(result: SearchResult) -> str:
                  f"in {result.seconds / 60:.1f} min")
     files = [name for name in REPORT_FILES if (result.run_dir / name).exists()]
     lines.append(f"files in {result.run_dir}: {', '.join(files)}")
+    if best is not None:  # search.train reads dataset, data dir, variant and size from the run
+        lines.append(f"next: python -m search.train {shlex.quote(str(result.run_dir))}")
     return "\n".join(lines)
+
+
+def result_dict(result: SearchResult) -> dict[str, Any]:
+    """The ``--json`` form of a finished search: the selection, the budget, the files."""
+    best = result.best
+    record = best.record if best is not None else None
+    loop = result.loop
+    return {
+        "run_dir": str(result.run_dir),
+        "strategy": result.config.strategy,
+        "latency_budget_ms": result.config.reward_config().latency_budget_ms,
+        "selected": None if record is None else {
+            "trial": record.trial, "meets_budget": best.feasible, "accuracy": record.accuracy,
+            "latency_ms": record.latency_ms, "macs": record.macs, "params": record.params,
+            "reward": record.reward, "genotype": record.genotype},
+        "trials": len(loop.records), "new_trials": loop.new_trials, "stopped_by": loop.stopped_by,
+        "seconds": round(result.seconds, 1),
+        "files": [name for name in REPORT_FILES if (result.run_dir / name).exists()],
+        "next": None if record is None else f"python -m search.train {result.run_dir}",
+    }

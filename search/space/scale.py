@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from search.core.errors import NasdeployError
+
+if TYPE_CHECKING:
+    from search.space.genotype import Genotype
 
 _N_AT_F = re.compile(r"^\s*(\d+)\s*@\s*(\d+)\s*$")
 
@@ -87,3 +91,35 @@ def cell_channels(filters: int, num_blocks: int, num_reductions: int = 2) -> int
     since a factorized reduction needs two halves.
     """
     return max(2, round(filters / ((num_blocks + 1) * 2**num_reductions)))
+
+
+def output_channels(scale: Scale, genotype: Genotype | None = None) -> int:
+    """Width of the last cell's output (the classifier's input) for ``genotype`` at ``scale``.
+
+    ``4 * k * C`` where k is how many states the normal cell concatenates; it equals F only
+    for a cell that concatenates all ``B + 1`` states, as NASNet-A does.
+    """
+    blocks = len(genotype.normal.blocks) if genotype is not None else 5
+    states = len(genotype.normal.output_states()) if genotype is not None else blocks + 1
+    return 4 * states * cell_channels(scale.filters, blocks)
+
+
+def scale_summary(scale: Scale, genotype: Genotype | None = None) -> str:
+    """N@F in words with its channel counts, e.g. for ``search.info`` and ``search.train``.
+
+    Example: ``2@192: 2 normal cells x 3 stages + 2 reduction cells, cifar layout at 16 px;
+    per-op width 8/16/32 channels by stage; last cell outputs 96 channels (F=192 assumes 6
+    concatenated states, this normal cell concatenates 3)``.
+    """
+    blocks = len(genotype.normal.blocks) if genotype is not None else 5
+    c = cell_channels(scale.filters, blocks)
+    out = output_channels(scale, genotype)
+    label = scale.notation if scale.label == scale.notation else f"{scale.label} ({scale.notation})"
+    text = (f"{label}: {scale.num_cells} normal cells x 3 stages + 2 reduction cells, {scale.layout} "
+            f"layout at {scale.image_size} px; per-op width {c}/{2 * c}/{4 * c} channels by stage; "
+            f"last cell outputs {out} channels")
+    if genotype is not None and out != scale.filters:
+        states = len(genotype.normal.output_states())
+        text += (f" (F={scale.filters} assumes {blocks + 1} concatenated states, "
+                 f"this normal cell concatenates {states})")
+    return text

@@ -1,0 +1,261 @@
+"""Final training of a genotype (the library behind ``python -m search.train``).
+
+Trains the scaled network on the full training split with :mod:`search.training.loop`,
+checkpoints atomically after every epoch (weights, optimizer and scheduler state,
+history) so ``--resume`` continues from the last finished epoch, writes
+``train_log.jsonl`` and reports the accuracy on the held-out test split at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.core.atomic import atomic_write_text, unique_path
+from search.core.errors import NasdeployError
+from search.core.rundir import CHECKPOINT_NAME, TRAIN_LOG_NAME
+from search.data.datasets import DataBundle, load_dataset
+from search.nn.checkpoint import read_checkpoint, save_checkpoint
+from search.nn.cost import count_params
+from search.nn.device import resolve_device
+from search.nn.model import build_model
+from search.space.card import ModelCard
+from search.space.genotype import Genotype
+from search.space.scale import parse_scale, scale_summary
+from search.training.loop import (
+    DivergedError,
+    TrainConfig,
+    evaluate_accuracy,
+    make_optimizer,
+    make_scheduler,
+    steps_per_epoch,
+    train_epoch,
+)
+
+
+@dataclass
+class FinalTrainSettings:
+    """Everything one final-training run needs (what the CLI builds from its flags).
+
+    ``genotype`` may be ``None`` only with ``resume``: the checkpoint holds it.
+    """
+
+    genotype: Genotype | None
+    name: str = "genotype"
+    variant: str = "cifar"
+    image_size: int | None = None
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20))
+    auxiliary: bool = True
+    out: str | None = None
+    resume: bool = False
+    train_size: int | None = None
+    val_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class FinalTrainResult:
+    """Where the run went and how it scored."""
+
+    out_dir: Path
+    checkpoint: Path
+    epochs: int
+    train_accuracy: float
+    test_accuracy: float | None
+    val_accuracy: float | None
+
+
+CHANCE_MARGIN = 1.5
+"""Final accuracy below this multiple of chance (1 / classes) gets a warning."""
+
+
+def default_out_dir(name: str, root: str = "runs") -> Path:
+    """``runs/train-<name>-<timestamp>`` (unique)."""
+    return unique_path(Path(root) / f"train-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def near_chance(accuracy: float | None, num_classes: int) -> str | None:
+    """A warning when ``accuracy`` is within :data:`CHANCE_MARGIN` of chance, else ``None``."""
+    chance = 1.0 / max(num_classes, 1)
+    if accuracy is None or num_classes < 2 or accuracy >= CHANCE_MARGIN * chance:
+        return None
+    return (f"warning: accuracy {accuracy:.4f} is near chance ({chance:.3f} for {num_classes} classes): "
+            "the model has not learned yet; train longer (--epochs) or check --lr and the data")
+
+
+def train_genotype(settings: FinalTrainSettings, *, progress: bool = True,
+                   log: Any = print) -> FinalTrainResult:
+    """Train (or resume) a final model; see the module docstring.
+
+    ``log`` receives the resolved settings before training starts, one line per epoch and
+    a near-chance warning at the end.
+
+    Raises:
+        NasdeployError: bad genotype, variant, dataset or output directory; a diverged run.
+    """
+    out_dir = _check_out(settings)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    state = read_checkpoint(ckpt_path) if settings.resume else None
+    if state is not None:
+        settings = _settings_from_checkpoint(settings, state)
+    genotype = settings.genotype
+    if genotype is None:
+        raise NasdeployError("no genotype to train: name a run directory, genotype file or built-in")
+    config = settings.train
+    device = resolve_device(config.device)
+    data = load_dataset(settings.dataset, settings.data_dir, image_size=settings.image_size,
+                        val_fraction=settings.val_fraction, train_size=settings.train_size,
+                        seed=config.seed)
+    scale = parse_scale(settings.variant, data.image_size)
+    spec = ModelCard(genotype=genotype, scale=scale.label, image_size=data.image_size,
+                     num_classes=data.num_classes, class_names=data.class_names,
+                     mean=data.mean, std=data.std, auxiliary=settings.auxiliary,
+                     dataset=data.name)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every input has been checked
+    torch.manual_seed(config.seed)
+    model = build_model(genotype, scale, num_classes=data.num_classes,
+                        image_size=data.image_size, auxiliary=settings.auxiliary,
+                        drop_path_prob=config.drop_path_prob).to(device)
+    resumed_at = len(state["training"]["history"]) if state is not None else 0
+    log(_resolved_line(settings, data, scale, model, device, out_dir, resumed_at))
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch(data.train, config.batch_size))
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        history = _restore(state, model, optimizer, scheduler)
+    for epoch in range(len(history), config.epochs):
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # drop-path RNG, resumable
+        history.append(_run_epoch(model, data, optimizer, scheduler, config, epoch, device,
+                                  progress))
+        training = _training_state(settings, optimizer, scheduler, history)
+        save_checkpoint(ckpt_path, model, spec, metrics=_metrics(history), training=training)
+        _write_log(out_dir / TRAIN_LOG_NAME, history)
+        log(_epoch_line(history[-1], config.epochs))
+    test_accuracy = evaluate_accuracy(model, data.test, device) if data.test else None
+    metrics = {**_metrics(history), "test_accuracy": test_accuracy}
+    warning = near_chance(test_accuracy if test_accuracy is not None else history[-1]["train_accuracy"],
+                          data.num_classes)
+    if warning:
+        log(warning)
+    save_checkpoint(ckpt_path, model, spec, metrics=metrics,
+                    training=_training_state(settings, optimizer, scheduler, history))
+    return FinalTrainResult(out_dir, ckpt_path, config.epochs, history[-1]["train_accuracy"],
+                            test_accuracy, history[-1].get("val_accuracy"))
+
+
+def _resolved_line(settings: FinalTrainSettings, data: DataBundle, scale: Any, model: torch.nn.Module,
+                   device: torch.device, out_dir: Path, resumed_at: int) -> str:
+    """What is about to be trained (two lines): no guessing which model runs."""
+    config = settings.train
+    start = f", resuming after epoch {resumed_at}" if resumed_at else ""
+    return (f"training {settings.name}: {scale_summary(scale, settings.genotype)}; "
+            f"{count_params(model) / 1e6:.3f} M params\n"
+            f"data {data.name}: {data.num_classes} classes, {len(data.train)} training images at "
+            f"{data.image_size} px; {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, "
+            f"device {device}{start} -> {out_dir}")
+
+
+def _check_out(settings: FinalTrainSettings) -> Path:
+    """The run directory (not created yet); refuses to overwrite or to resume nothing."""
+    if settings.resume and not settings.out:
+        raise NasdeployError("--resume needs the training directory to continue (--resume DIR)")
+    out_dir = Path(settings.out) if settings.out else default_out_dir(settings.name)
+    settings.out = str(out_dir)
+    if settings.resume and not (out_dir / CHECKPOINT_NAME).is_file():
+        raise NasdeployError(f"nothing to resume: {out_dir / CHECKPOINT_NAME} does not exist")
+    if not settings.resume and (out_dir / CHECKPOINT_NAME).exists():
+        raise NasdeployError(f"{out_dir} already holds {CHECKPOINT_NAME}; continue it with "
+                             f"--resume {out_dir} or choose another --out")
+    return out_dir
+
+
+def _settings_from_checkpoint(settings: FinalTrainSettings, state: dict[str, Any]) -> FinalTrainSettings:
+    """On resume the run's own settings win; a genotype given must be the one it trained."""
+    saved = dict(state.get("training", {}).get("settings") or {})
+    if not saved:
+        raise NasdeployError(f"{settings.out}: checkpoint has no training state to resume")
+    trained = Genotype.from_dict(state["spec"]["genotype"])
+    if settings.genotype is not None and settings.genotype.to_json() != trained.to_json():
+        raise NasdeployError(f"{settings.out} was trained on a different genotype than {settings.name}")
+    saved.pop("genotype", None)
+    saved.setdefault("name", Path(str(settings.out)).name)
+    restored = FinalTrainSettings(genotype=trained, **{**saved, "train": TrainConfig(**saved["train"])})
+    restored.train.device = settings.train.device
+    restored.out, restored.resume = settings.out, True
+    return restored
+
+
+def _restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any) -> list[dict[str, Any]]:
+    model.load_state_dict(state["state_dict"])
+    training = state["training"]
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    return list(training["history"])
+
+
+def _training_state(settings: FinalTrainSettings, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    saved = dataclasses.asdict(settings)
+    saved.pop("resume")
+    saved.pop("genotype")  # the checkpoint's card holds it
+    return {"epoch": len(history), "epochs": settings.train.epochs, "settings": saved,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "history": history}
+
+
+def _run_epoch(model: torch.nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
+               scheduler: Any, config: TrainConfig, epoch: int, device: torch.device,
+               progress: bool) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(data.train), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
+               disable=not progress, leave=False, file=sys.stderr)
+
+    running = {"loss": 0.0, "seen": 0}
+
+    def on_batch(n: int, loss: float, accuracy: float) -> None:
+        running["loss"] += loss * n
+        running["seen"] += n
+        bar.update(n)
+        bar.set_postfix(loss=f"{running['loss'] / running['seen']:.3f}", acc=f"{accuracy:.3f}")
+
+    try:
+        stats = train_epoch(model, data.train, optimizer, scheduler, config, epoch, device,
+                            on_batch)
+    except DivergedError as exc:
+        raise NasdeployError(f"training diverged ({exc}); lower --lr or raise --batch-size"
+                             ) from None
+    finally:
+        bar.close()
+    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(stats.loss, 5),
+                           "train_accuracy": round(stats.accuracy, 5), "lr": stats.lr}
+    if len(data.val):
+        row["val_accuracy"] = round(evaluate_accuracy(model, data.val, device), 5)
+    row["time_s"] = round(time.perf_counter() - start, 2)
+    return row
+
+
+def _metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    last = history[-1]
+    keys = ("train_loss", "train_accuracy", "val_accuracy")
+    return {"epochs": last["epoch"], **{k: last[k] for k in keys if k in last}}
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    val = f" val_acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
+    return (f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f} "
+            f"train_acc {row['train_accuracy']:.4f}{val} ({row['time_s']:.1f}s)")
