@@ -275,7 +275,8 @@ def serve(config: HttpConfig, json_target: str | None = None) -> None:
                 failure.append(exc)
                 self.should_exit = True
                 return
-            print(f"serving {config.model} ({desc['backend']}, {desc['provider']}) on {url}"
+            model = desc.get("model", config.model)  # the file a run directory resolved to
+            print(f"serving {model} ({desc['backend']}, {desc['provider']}) on {url}"
                   " - POST /predict, GET /health, GET /info", file=sys.stderr, flush=True)
 
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)

@@ -96,26 +96,24 @@ def _bounded_int(text: str, low: int) -> int:
     return value
 
 
-def fraction(text: str) -> float:
-    """A number in [0, 1)."""
+def _float_in(text: str, low: float, high: float, high_open: bool, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    if not (low <= value and (value < high if high_open else value <= high)):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    return _float_in(text, 0.0, 1.0, True, "in [0, 1)")
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    return _float_in(text, 0.0, float("inf"), True, "a finite number >= 0")
 
 
 def batch_sizes(text: str) -> tuple[int, ...]:
