@@ -6,19 +6,29 @@ from dataclasses import replace
 from pathlib import Path
 
 from search.space.card import CardError, ModelCard
-from serve.metadata import is_card_key, read_onnx_card, to_props
+from serve.metadata import from_props, is_card_key, read_onnx_card, to_props
 
 
 def write_card(path: Path, card: ModelCard, doc: str = "") -> None:
     """Replace the card (``nasdeploy.*`` metadata) of the ONNX file at ``path``, in place.
 
     Other ``metadata_props`` are kept; ``doc`` (when given) becomes the model's doc string.
+
+    Raises:
+        CardError: The card would not read back as itself (nothing is written then).
     """
     import onnx
 
+    card_props = to_props(card)
+    try:
+        same = from_props(card_props) == card
+    except CardError as exc:
+        raise CardError(f"{path}: refusing to write a model card its reader rejects: {exc}") from None
+    if not same:
+        raise CardError(f"{path}: refusing to write a model card that does not read back as written")
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props if not is_card_key(p.key)}
-    props.update(sorted(to_props(card).items()))
+    props.update(sorted(card_props.items()))
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)

@@ -15,11 +15,12 @@ if __name__ == "__main__" and not __package__:  # a file on sys.path[0] would sh
 import argparse
 import sys
 
-from export.onnx_export import ExportConfig, export_model, summary_lines
+from export.onnx_export import ExportConfig, export_model, summary_lines, supported_opsets
 from export.quantize import CALIB_METHODS
 from search.core import cli
 from search.core.errors import USER_ERRORS, report_user_error
 from search.nn.onnxio import MIN_OPSET
+from search.space.card import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE
 
 
 def _batch(text: str) -> int | None:
@@ -48,15 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", metavar="V", help="cifar, mobile, large or N@F for a genotype input "
                                                        "(default: the run's target variant, else cifar)")
     parser.add_argument("--image-size", type=cli.positive_int, metavar="PX",
-                        help="input side in pixels (default: the checkpoint's or run's, else the variant's)")
+                        help=f"input side in pixels, at most {MAX_IMAGE_SIZE} (default: the checkpoint's or "
+                             "run's, else the variant's)")
     parser.add_argument("--num-classes", type=cli.positive_int, metavar="K",
-                        help="classifier outputs for a genotype input (default: the run's, else 10)")
+                        help=f"classifier outputs for a genotype input, at most {MAX_CLASSES} (default: the "
+                             "run's, else 10)")
+    low, high = supported_opsets()
     parser.add_argument("--opset", type=cli.positive_int, default=MIN_OPSET,
-                        help=f"ONNX opset (>= {MIN_OPSET})")
+                        help=f"ONNX opset, {low} to {high} with this install's exporter")
     parser.add_argument("--out", metavar="PATH", help="output folder or .onnx path (default: next to the "
                         "checkpoint; <run>/random-init/ for an untrained run; else runs/export-<name>/)")
     parser.add_argument("--batch", type=_batch, default=None, metavar="N|dynamic",
-                        help="fixed batch size of the exported graph, or 'dynamic' (default: dynamic)")
+                        help=f"fixed batch size of the exported graph (at most {MAX_BATCH}), or 'dynamic' "
+                             "(default: dynamic)")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (float32 I/O)")
     parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ)")
     parser.add_argument("--calib-data", metavar="DATA",
@@ -70,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
                         help="INT8 calibration method")
     parser.add_argument("--verify-batch", type=cli.positive_int, default=8, metavar="N",
-                        help="the larger batch the fp32 model is verified at (batch 1 always is)")
+                        help=f"the larger batch the fp32 model is verified at, at most {MAX_BATCH} "
+                             "(batch 1 always is)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
     cli.add_json(parser, "the export report")
     return parser

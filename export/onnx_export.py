@@ -6,7 +6,13 @@ the same outputs), run the full ``onnx.checker`` and strict shape inference, wri
 model card (:class:`search.space.card.ModelCard`) into ``metadata_props``, compare ONNX Runtime with
 PyTorch at batch 1 and a larger batch, optionally derive fp16 / int8 models, and publish
 ``model.onnx`` (+ ``model.fp16.onnx`` / ``model.int8.onnx``) and ``export_report.json``
-together. Everything is built in a staging folder first, so a failure leaves no files.
+together. Everything is built in a staging folder first, so a failure leaves no files; the
+staging folders of an export that was killed (``kill -9``) are removed by the next export
+into the same folder.
+
+Every number is checked before anything is built: the opset against the range the
+installed exporter writes (:func:`supported_opsets`), the image size against the card's
+:data:`~search.space.card.MAX_IMAGE_SIZE`, batch sizes against its ``MAX_BATCH``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from search.core.rundir import (
     ENGINE_SUFFIX,
     EXPORT_REPORT_NAME,
     GENOTYPE_NAME,
+    LOCK_NAME,
     MODEL_ONNX_NAME,
     ONNX_SUFFIX,
     sidecar_path,
@@ -45,7 +52,7 @@ from search.core.rundir import (
 from search.nn.checkpoint import build_from_card, load_checkpoint
 from search.nn.cost import count_macs, count_params
 from search.nn.onnxio import MIN_OPSET, export_onnx
-from search.space.card import ModelCard
+from search.space.card import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, CardError, ModelCard
 from search.space.genotype import Genotype
 from search.space.scale import parse_scale
 from search.trials.runinfo import RunTarget, resolve_run, trained_checkpoint
@@ -58,6 +65,8 @@ RANDOM_INIT_DIR = "random-init"
 LOGIT_SCALE = 10.0  # up to this |logit|, the fp32 tolerance is absolute
 REPORT_FORMAT = "nasdeploy-export-report"
 ACCURACY_KEYS = ("test_accuracy", "accuracy", "val_accuracy")
+STAGING_PREFIX = ".export-"
+_PROCESS_START = time.time()  # staging folders older than this process may be stale
 
 
 @dataclass(frozen=True)
@@ -220,11 +229,21 @@ def output_path(config: ExportConfig, loaded: LoadedModel) -> Path:
 
 
 def model_card(loaded: LoadedModel, precision: str = "fp32") -> ModelCard:
-    """The checkpoint's card completed with the export's facts, as written into the ONNX file."""
-    accuracy = next((float(loaded.metrics[k]) for k in ACCURACY_KEYS if k in loaded.metrics), None)
-    return replace(loaded.spec, precision=precision, params=count_params(loaded.model),
-                   macs=count_macs(loaded.model, loaded.spec.image_size), accuracy=accuracy,
-                   weights="trained" if loaded.trained else "random-init")
+    """The checkpoint's card completed with the export's facts, as written into the ONNX file.
+
+    Raises:
+        CardError: The completed card breaks a card rule (e.g. a recorded accuracy that is not
+            a fraction): the export refuses to write a card its readers would reject.
+    """
+    found = [loaded.metrics[k] for k in ACCURACY_KEYS if k in loaded.metrics]
+    try:
+        accuracy = float(found[0]) if found else None
+        return replace(loaded.spec, precision=precision, params=count_params(loaded.model),
+                       macs=count_macs(loaded.model, loaded.spec.image_size), accuracy=accuracy,
+                       weights="trained" if loaded.trained else "random-init")
+    except (CardError, TypeError, ValueError) as exc:
+        where = loaded.checkpoint or loaded.name
+        raise CardError(f"{where}: cannot write its model card: {exc}") from None
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -314,19 +333,76 @@ def simplify_verified(raw: Path, out: Path, x: np.ndarray) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def staging_dir(target_dir: Path) -> Iterator[Path]:
-    """A temp folder inside ``target_dir``; removed (with any folders we created) on failure."""
+    """A temp folder inside ``target_dir``; removed (with any folders we created) on failure.
+
+    The folder holds a lock (``flock`` on ``.lock``) while in use; stale staging folders left
+    in ``target_dir`` by a killed export are removed first (:func:`remove_stale_staging`).
+    """
     missing = [p for p in [target_dir, *target_dir.parents] if not p.exists()]
     target_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target_dir))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in missing:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    remove_stale_staging(target_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target_dir))
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_hold_lock(tmp / LOCK_NAME))
+            yield tmp
+        except BaseException:
+            held.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            for folder in missing:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_staging(target_dir: Path) -> list[Path]:
+    """Remove the ``.export-*`` folders of killed exports from ``target_dir``; return them.
+
+    A folder is stale when it is older than this process and no live process holds its lock
+    (the kernel drops an ``flock`` when its holder dies, ``kill -9`` included).
+    """
+    removed = []
+    for folder in sorted(target_dir.glob(STAGING_PREFIX + "*")):
+        try:
+            if not folder.is_dir() or folder.is_symlink() or folder.stat().st_mtime >= _PROCESS_START:
+                continue
+            if _is_locked(folder / LOCK_NAME):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _hold_lock(path: Path) -> Any:
+    """Open ``path`` and hold an exclusive ``flock`` on it until the handle is closed."""
+    handle = open(path, "w")  # held for the staging folder's lifetime
+    with contextlib.suppress(ImportError, OSError):
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def _is_locked(path: Path) -> bool:
+    """Whether a live process holds the lock at ``path`` (no lock file: not held)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock here: only the age tells
+        return False
+    try:
+        handle = open(path)
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
 
 
 def publish(files: dict[Path, Path]) -> None:
@@ -375,11 +451,35 @@ def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
     return ExportResult(final, report_path, report, extra)
 
 
+def supported_opsets() -> tuple[int, int]:
+    """The ONNX opsets this install exports: nasdeploy's minimum to the lower of the TorchScript
+    exporter's maximum (``torch.onnx``) and the installed ``onnx`` package's."""
+    import onnx
+
+    try:
+        from torch.onnx import _constants
+
+        high = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):
+        high = MIN_OPSET
+    return MIN_OPSET, max(MIN_OPSET, min(high, onnx.defs.onnx_opset_version()))
+
+
 def _validate(config: ExportConfig) -> None:
-    if config.opset < MIN_OPSET:
-        raise NasdeployError(f"--opset {config.opset} is too old: nasdeploy exports opset >= {MIN_OPSET}")
-    if config.batch is not None and config.batch < 1:
-        raise NasdeployError(f"--batch must be a positive integer or 'dynamic', got {config.batch}")
+    low, high = supported_opsets()
+    if config.opset < low:
+        raise NasdeployError(f"--opset {config.opset} is too old: nasdeploy exports opset >= {low}")
+    if config.opset > high:
+        raise NasdeployError(f"--opset {config.opset} is not supported: this install (torch "
+                             f"{torch.__version__}) exports opsets {low} to {high}")
+    if config.batch is not None and not 1 <= config.batch <= MAX_BATCH:
+        raise NasdeployError(f"--batch must be 1 to {MAX_BATCH} or 'dynamic', got {config.batch}")
+    if not 1 <= config.verify_batch <= MAX_BATCH:
+        raise NasdeployError(f"--verify-batch must be 1 to {MAX_BATCH}, got {config.verify_batch}")
+    if config.image_size is not None and not 1 <= config.image_size <= MAX_IMAGE_SIZE:
+        raise NasdeployError(f"--image-size must be 1 to {MAX_IMAGE_SIZE} px, got {config.image_size}")
+    if config.num_classes is not None and not 1 <= config.num_classes <= MAX_CLASSES:
+        raise NasdeployError(f"--num-classes must be 1 to {MAX_CLASSES}, got {config.num_classes}")
     if config.calib_size < 1 or config.eval_size < 1:
         raise NasdeployError("--calib-size and --eval-size must be positive")
 

@@ -26,7 +26,7 @@ from export.quantize import make_fp16, random_inputs
 from search.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from search.core.errors import NasdeployError
 from search.core.rundir import ENGINE_SUFFIX, ENGINE_SUFFIXES, engine_path, sidecar_path, variant_path
-from search.space.card import ModelCard
+from search.space.card import MAX_BATCH, ModelCard
 from serve.metadata import read_onnx_card
 from serve.trt_backend import import_cudart
 
@@ -135,6 +135,8 @@ def profile_shapes(input_name: str, dims: list[int | str], min_batch: int | None
     opt = opt_batch or min(max(low, DEFAULT_OPT_BATCH), high)
     if not 1 <= low <= opt <= high:
         raise NasdeployError(f"batch profile must satisfy 1 <= min <= opt <= max, got {low}/{opt}/{high}")
+    if high > MAX_BATCH:
+        raise NasdeployError(f"--max-batch must be at most {MAX_BATCH}, got {high}")
     return Profile(input_name, (low, *chw), (opt, *chw), (high, *chw), dynamic=True)  # type: ignore[arg-type]
 
 

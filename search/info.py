@@ -83,11 +83,12 @@ def inspect_genotype(config: InfoConfig) -> GenotypeInfo:
     """Load the genotype, build it at the requested scale, count parameters and MACs.
 
     Raises:
-        NasdeployError: bad genotype, unknown variant or malformed ``N@F``, bad size,
-            or a ``draw`` path without a ``.png`` / ``.svg`` suffix.
+        NasdeployError: bad genotype, unknown variant or malformed ``N@F``, bad size, a
+            network beyond the limits of :mod:`search.space.scale` (checked before it is
+            built), or a ``draw`` path without a ``.png`` / ``.svg`` suffix.
     """
     from search.space.draw import draw_genotype, resolve_format
-    from search.space.scale import parse_scale, scale_summary
+    from search.space.scale import check_size, parse_scale, scale_summary
 
     # Cheap checks first: they need neither torch nor a model.
     target = resolve_run(config.genotype, config.trial)
@@ -103,6 +104,7 @@ def inspect_genotype(config: InfoConfig) -> GenotypeInfo:
 
     genotype = target.genotype
     num_classes = classes or (10 if scale.layout == "cifar" else 1000)
+    check_size(scale, genotype, num_classes)  # before anything is allocated
     model = build_model(genotype, scale, num_classes=num_classes)
     stem, stages = _cell_widths(model)
     info = GenotypeInfo(

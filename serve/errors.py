@@ -15,3 +15,7 @@ class ImageError(ServeError):
 
 class ImageTooLargeError(ImageError):
     """The image decodes to more pixels than the configured limit."""
+
+
+class ModelOutputError(ServeError):
+    """The model's scores are unusable: NaN or infinite, or not one per class of its card."""

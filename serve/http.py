@@ -4,11 +4,15 @@
                                [--backend auto] [--device auto] [--json [FILE]]
 
 ``POST /predict``: the image as the raw body or as multipart field ``file``
-(``?top_k=N`` optional) -> top-k JSON with latency. ``GET /health``: model and
-backend. ``GET /`` or ``/info``: the model's metadata. Bad requests get a 4xx JSON
-``{"error": ...}``; nothing a client sends produces a 500. Once the server listens, one
-line ``serving MODEL (...) on URL`` goes to stderr; ``--json`` prints the URL and the
-``/info`` document as JSON on stdout (``--json FILE``: writes them there).
+(``?top_k=N`` optional) -> top-k JSON with latency. ``GET /health``: model, backend,
+limits and the start-up self-test. ``GET /`` or ``/info``: the model's metadata. Bad
+requests get a 4xx JSON ``{"error": ...}``; nothing a client sends produces a 500.
+
+Before it listens, the server classifies one blank image as a request would be: a model
+that cannot serve (broken metadata, graph or scores) is refused then, in one line. Once
+the server listens, one line ``serving MODEL (...) on URL`` goes to stderr; ``--json``
+prints the URL and the ``/info`` document as JSON on stdout (``--json FILE``: writes
+them there).
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ from starlette.routing import Route
 
 from search.core import cli
 from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
-from serve.errors import ImageError, ImageTooLargeError
+from serve.errors import ImageError, ImageTooLargeError, ServeError
 from serve.preprocess import MAX_PIXELS, load_image
-from serve.runtime import BACKENDS, DEVICES, Runtime, classify, load_runtime
+from serve.runtime import BACKENDS, DEVICES, Runtime, classify, load_runtime, selftest
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 MAX_TOP_K = 100
@@ -70,7 +74,11 @@ def create_app(
     top_k: int = 5,
     max_pixels: int = MAX_PIXELS,
 ) -> Starlette:
-    """The ASGI app serving ``runtime``; every error response is JSON."""
+    """The ASGI app serving ``runtime``; every error response is JSON.
+
+    Raises:
+        ServeError: ``runtime`` fails the self-test (:func:`serve.runtime.selftest`).
+    """
     service = _Service(runtime, max_bytes, top_k, max_pixels)
     routes = [
         Route("/", service.info, methods=["GET"]),
@@ -104,9 +112,11 @@ class _Service:
         self.top_k = top_k
         self.max_pixels = max_pixels
         self.description = runtime.describe()
+        self.selftest = selftest(runtime)
 
     async def health(self, request: Request) -> JSONResponse:
         info = self.runtime.info
+        name, probability = self.selftest.top[0]
         return JSONResponse({
             "status": "ok",
             "model": Path(self.description["model"]).name,
@@ -115,6 +125,10 @@ class _Service:
             "precision": info.precision,
             "image_size": info.image_size,
             "num_classes": len(info.class_names),
+            "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
+                       "resize_to": info.resize_to, "max_top_k": MAX_TOP_K},
+            "selftest": {"passed": True, "input": "blank grey image", "top_class": name,
+                         "probability": probability, "latency_ms": self.selftest.latency_ms},
         })
 
     async def info(self, request: Request) -> JSONResponse:
@@ -125,7 +139,7 @@ class _Service:
         data = await self._image_bytes(request)
         start = time.perf_counter()
         image = await run_in_threadpool(self._decode, data)
-        pred = (await run_in_threadpool(classify, self.runtime, [image], k))[0]
+        pred = (await run_in_threadpool(self._classify, image, k))[0]
         return JSONResponse({
             **pred.to_dict(),
             "total_ms": (time.perf_counter() - start) * 1000.0,
@@ -135,9 +149,19 @@ class _Service:
             "provider": self.description["provider"],
         })
 
-    def _decode(self, data: bytes) -> Any:
+    def _classify(self, image: Any, k: int) -> Any:
         try:
-            return load_image(data, max_pixels=self.max_pixels)
+            return classify(self.runtime, [image], k)
+        except ImageTooLargeError as exc:
+            raise HTTPException(413, str(exc)) from None
+        except ImageError as exc:
+            raise HTTPException(415, str(exc)) from None
+        except ServeError as exc:  # e.g. NaN scores for this image: not a server fault to retry
+            raise HTTPException(422, f"cannot classify this image: {exc}") from None
+
+    def _decode(self, data: bytes) -> Any:
+        try:  # the header's size is checked before decoding, against both limits
+            return load_image(data, max_pixels=self.max_pixels, resize_to=self.runtime.info.resize_to)
         except ImageTooLargeError as exc:
             raise HTTPException(413, str(exc)) from None
         except ImageError as exc:
@@ -160,7 +184,7 @@ class _Service:
 async def _read_limited(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not re.fullmatch(r"[0-9]{1,19}", declared):
             raise HTTPException(400, f"invalid Content-Length header {declared[:40]!r}")
         if int(declared) > max_bytes:
             raise HTTPException(413, _too_big(int(declared), max_bytes))
@@ -254,8 +278,7 @@ def serve(config: HttpConfig, json_target: str | None = None) -> None:
     import uvicorn
 
     runtime = load_runtime(config.model, config.backend, config.device)
-    runtime.warmup(1)
-    app = create_app(runtime, max_bytes=config.max_bytes, top_k=config.top_k)
+    app = create_app(runtime, max_bytes=config.max_bytes, top_k=config.top_k)  # self-test: before binding
     sock = bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -63,17 +63,22 @@ def read_onnx_card(path: str | os.PathLike[str]) -> ModelCard:
     """The card in an ONNX file's metadata (weights are not loaded)."""
     import onnx
 
+    _check_regular(path, "model file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except FileNotFoundError:
         raise CardError(f"model file not found: {path}") from None
     except Exception as exc:  # onnx raises DecodeError and others on garbage
         raise CardError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
-    return from_props({p.key: p.value for p in model.metadata_props})
+    try:
+        return from_props({p.key: p.value for p in model.metadata_props})
+    except CardError as exc:
+        raise CardError(f"{path}: {exc}") from None
 
 
 def read_sidecar_card(path: str | os.PathLike[str]) -> ModelCard:
     """The card in a JSON sidecar such as ``model.engine.json`` (its ``model_info`` entry)."""
+    _check_regular(path, "metadata file")
     try:
         data = read_json(path)
     except FileNotFoundError:
@@ -83,3 +88,10 @@ def read_sidecar_card(path: str | os.PathLike[str]) -> ModelCard:
     if isinstance(data, Mapping) and "model_info" in data:
         data = data["model_info"]
     return ModelCard.from_dict(data, str(path))
+
+
+def _check_regular(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a device, FIFO or folder before opening it (a FIFO would block the read)."""
+    target = os.fspath(path)
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise CardError(f"{what} {target} is not a regular file")

@@ -89,7 +89,12 @@ class OrtRuntime(Runtime):
         inp = session.get_inputs()[0]
         self._input_name = inp.name
         self._input_shape = list(inp.shape)
-        self._output_name = session.get_outputs()[0].name
+        output = session.get_outputs()[0]
+        self._output_name = output.name
+        classes = list(output.shape)[-1] if output.shape else None
+        if isinstance(classes, int) and classes != info.num_classes:
+            raise ServeError(f"{path}: the model outputs {classes} scores, but its metadata "
+                             f"(num_classes, class_names) names {info.num_classes} classes")
         if inp.type not in _ORT_DTYPES:
             raise ServeError(f"{path}: unsupported input type {inp.type} (expected float/float16)")
         self._input_dtype = _ORT_DTYPES[inp.type]

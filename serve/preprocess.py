@@ -28,12 +28,15 @@ __all__ = ["MAX_PIXELS", "ImageSource", "center_crop", "load_image", "preprocess
            "resize_short_side", "to_rgb", "top_k"]
 
 
-def load_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+def load_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS,
+               resize_to: int | None = None) -> Image.Image:
     """Open an image and return it as RGB.
 
     Args:
         source: A path, the encoded bytes, or a binary file object.
         max_pixels: Refuse images with more pixels than this (``None``: no limit).
+        resize_to: The short side :func:`preprocess` will resize to: refuse, from the header
+            and before decoding, an image too elongated for it (``None``: not checked here).
 
     Returns:
         A fully decoded RGB image (EXIF orientation applied, transparency
@@ -41,7 +44,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS) -> I
 
     Raises:
         ImageError: The source is missing, empty or not a decodable image.
-        ImageTooLargeError: The image exceeds ``max_pixels``.
+        ImageTooLargeError: The image exceeds ``max_pixels``, or its resize to ``resize_to``.
     """
     label = _label(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -51,6 +54,8 @@ def load_image(source: ImageSource, *, max_pixels: int | None = MAX_PIXELS) -> I
     try:
         with Image.open(source) as image:
             _check_size(image, label, max_pixels)
+            if resize_to is not None:
+                _check_resized_size(image, resize_to)
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
     except ImageError:

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search.core.errors import NasdeployError
+from search.core.errors import NasdeployError, one_line
 from search.core.rundir import ENGINE_SUFFIXES, ONNX_SUFFIX
 from search.runtime.sessions import DEVICES
 from search.space.card import ModelCard
 from search.trials.runinfo import exported_model
-from serve.errors import ServeError
+from serve.errors import ModelOutputError, ServeError
 from serve.preprocess import preprocess, top_k
 
 
@@ -85,12 +85,47 @@ def classify(runtime: Runtime, images: Sequence[Image.Image], k: int = 5) -> lis
 
     ``latency_ms`` is the wall time of the ``runtime.predict`` call (the whole batch,
     preprocessing excluded), so it is the same for every image of the batch.
+
+    Raises:
+        ModelOutputError: The scores are NaN or infinite, or not one per class of the card.
     """
     batch = preprocess(images, runtime.info)
     start = time.perf_counter()
     probs = runtime.predict(batch)
     latency_ms = (time.perf_counter() - start) * 1000.0
+    check_scores(runtime, probs)
     return [Prediction(top, latency_ms) for top in top_k(probs, runtime.info.class_names, k)]
+
+
+def check_scores(runtime: Runtime, probs: np.ndarray) -> None:
+    """Refuse scores that are not one finite number per class of ``runtime``'s card."""
+    probs = np.asarray(probs)
+    classes = runtime.info.num_classes
+    if probs.ndim != 2 or probs.shape[1] != classes:
+        raise ModelOutputError(f"{runtime.path.name} outputs scores of shape {tuple(probs.shape)}, but its "
+                               f"metadata (num_classes, class_names) names {classes} classes")
+    if not np.isfinite(probs).all():
+        raise ModelOutputError(f"{runtime.path.name} produced non-finite scores (NaN or infinity): the "
+                               "model's weights or its metadata are broken")
+
+
+def selftest(runtime: Runtime) -> Prediction:
+    """Classify one blank grey image the way a request is; refuse a model that cannot serve.
+
+    ``serve.http`` runs it before it listens, so a model whose metadata, graph or scores are
+    broken is refused at start-up instead of answering every request with an error.
+
+    Raises:
+        ServeError: One line naming the model and what went wrong.
+    """
+    size = runtime.info.resize_to
+    blank = Image.new("RGB", (size, size), (128, 128, 128))
+    try:
+        return classify(runtime, [blank], k=1)[0]
+    except ServeError as exc:
+        raise ServeError(f"{runtime.path} cannot serve: {exc}") from None
+    except Exception as exc:  # whatever the runtime raises: the model cannot answer a request
+        raise ServeError(f"{runtime.path} cannot serve: a blank image fails ({one_line(exc)})") from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -167,6 +202,8 @@ def load_runtime(path: str | Path, backend: str = "auto", device: str = "auto") 
     if name not in BACKENDS:
         choices = ", ".join(["auto", *BACKENDS])
         raise ServeError(f"unknown backend {name!r}; choose from {choices}")
+    if path.exists() and not path.is_file():  # a device or FIFO: never read from one
+        raise ServeError(f"{path} is not a regular file; a model is a .onnx or .engine file")
     if not path.is_file():
         raise ServeError(f"model file not found: {path}")
     spec = BACKENDS[name]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -132,12 +134,37 @@ def add_json(p: argparse.ArgumentParser, what: str = "the result") -> None:
 
 
 def emit_json(target: str | None, data: Any) -> bool:
-    """Write ``data`` for a ``--json`` value; ``True`` when it went to stdout (skip the text)."""
+    """Write ``data`` for a ``--json`` value; ``True`` when it went to stdout (skip the text).
+
+    The output is strict JSON (RFC 8259): a NaN or infinite number is written as ``null``.
+
+    Raises:
+        NasdeployError: FILE is a folder or cannot be written (the message names FILE, never
+            the temporary file the atomic write goes through).
+    """
     if target is None:
         return False
-    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    text = json.dumps(_strict(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
     if target == STDOUT:
         sys.stdout.write(text)
         return True
-    atomic_write_text(Path(target), text)
+    path = Path(target)
+    if path.is_dir():
+        raise NasdeployError(f"--json {target} is a folder: name a file, e.g. {path / 'result.json'}")
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise NasdeployError(f"cannot write --json {target}: {exc.strerror or type(exc).__name__}") from None
     return False
+
+
+def _strict(data: Any) -> Any:
+    """``data`` with floats as ``float`` and non-finite ones as ``None`` (dicts, lists, tuples walked)."""
+    if isinstance(data, numbers.Real) and not isinstance(data, numbers.Integral):  # numpy floats too
+        value = float(data)
+        return value if math.isfinite(value) else None
+    if isinstance(data, dict):
+        return {key: _strict(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_strict(value) for value in data]
+    return data

@@ -4,16 +4,19 @@
 :class:`JsonError` with one line naming what was read and why it is unusable: not UTF-8,
 a syntax error (with line and column), nesting deeper than ``max_depth`` (checked without
 recursion before parsing, so no ``RecursionError`` can escape), more than ``max_bytes``,
-NaN/Infinity where the caller forbids them, and a top-level value of the wrong type.
-Stdlib only.
+NaN/Infinity where the caller forbids them, a top-level value of the wrong type, and a
+path that is not a regular file (a FIFO or a device: refused without reading). Stdlib only.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
+import stat
+import sys
 from typing import Any
 
 from search.core.errors import NasdeployError
@@ -71,21 +74,36 @@ class JsonTypeError(JsonError):
     """The top-level value is not of the type the caller expects."""
 
 
+class JsonFileError(JsonError):
+    """Not a regular file: a FIFO, a device or a socket (read nothing from it)."""
+
+
 class _Forbidden(Exception):
     """Raised from the parse hooks; turned into :class:`JsonValueError`."""
 
 
 def read_limited(path: str | os.PathLike[str], what: str | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """The bytes of ``path``, refusing files larger than ``max_bytes``.
+    """The bytes of the regular file ``path``, refusing files larger than ``max_bytes``.
+
+    The file is opened without blocking, so a FIFO, a device or a socket is refused at
+    once (:class:`JsonFileError`) instead of hanging or streaming without end.
 
     Raises:
         JsonSizeError: The file is larger than ``max_bytes``.
+        JsonFileError: Not a regular file (a FIFO, a device, a socket).
         OSError: The file is missing, a directory or unreadable (left to the caller).
     """
     what = str(path) if what is None else what
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb", closefd=True) as handle:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise JsonFileError(what, f"is not a regular file ({_file_kind(info.st_mode)}); "
+                                      "give a file on disk")
+        size = info.st_size
         if size > max_bytes:
             raise JsonSizeError(what, f"is too large ({_mib(size)}; the limit is {_mib(max_bytes)})")
         data = handle.read(max_bytes + 1)
@@ -160,6 +178,10 @@ def _parse(text: str, what: str, expect: type | tuple[type, ...] | None, max_dep
     except MemoryError:
         raise JsonSizeError(what, "is too large to parse in memory") from None
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        if "integer string conversion" in str(exc):
+            limit = sys.get_int_max_str_digits()
+            raise JsonValueError(what, f"holds an unreadable value: an integer of more than {limit} digits"
+                                 ) from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise JsonValueError(what, f"holds an unreadable value: {first}") from None
     if expect is not None and not isinstance(value, expect):
@@ -200,6 +222,12 @@ def _finite(literal: str) -> float:
 
 def _type_name(kind: type) -> str:
     return _TYPE_NAMES.get(kind, kind.__name__)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def _mib(size: int) -> str:

@@ -161,7 +161,8 @@ def load_dataset(
         val_size: keep at most this many validation images (seeded).
 
     Raises:
-        NasdeployError: unknown dataset, missing data that cannot be downloaded, bad files.
+        NasdeployError: unknown dataset, missing data that cannot be downloaded, bad files,
+            fewer than 2 classes, a class with too few images or an empty validation split.
     """
     key = name.strip().lower()
     if key not in DATASETS:
@@ -178,7 +179,30 @@ def load_dataset(
     else:
         raw = _resize_raw(_load_cifar(key, data_dir, download), size)
     policy = ("crop" if key == "digits" else "crop_flip") if augment else None
-    return _split(raw, key, size, val_fraction, train_size, val_size, seed, policy)
+    bundle = _split(raw, key, size, val_fraction, train_size, val_size, seed, policy)
+    _check_splits(bundle, raw, val_fraction, key if data_dir is None else str(data_dir))
+    return bundle
+
+
+def _check_splits(bundle: DataBundle, raw: _Raw, val_fraction: float, source: str) -> None:
+    """Refuse data that cannot support training or a search: fewer than 2 classes, a class
+    with fewer than 1 image (2 when a validation share is held out), or an empty validation
+    split. One line naming the data."""
+    names = raw.class_names
+    if len(names) < 2:
+        found = f"only {names[0]!r}"[:60] if names else "none"
+        raise NasdeployError(f"{source} has {len(names)} class ({found}): a classifier needs at least 2 "
+                             "classes (for an image folder, one folder per class)")
+    need = 2 if val_fraction > 0 else 1
+    counts = torch.bincount(raw.y_train, minlength=len(names)).tolist()
+    short = next((i for i, n in enumerate(counts[:len(names)]) if n < need), None)
+    if short is not None:
+        why = " (one to train on, one held out for validation)" if need == 2 else ""
+        raise NasdeployError(f"{source}: class {names[short][:40]!r} has {counts[short]} training "
+                             f"image(s); each class needs at least {need}{why}")
+    if val_fraction > 0 and len(bundle.val) == 0:
+        raise NasdeployError(f"{source} has {len(raw.y_train)} training images: too few to hold out "
+                             f"{val_fraction:.0%} of them for validation; add images")
 
 
 def _split(raw: _Raw, name: str, size: int, val_fraction: float, train_size: int | None,

@@ -22,6 +22,11 @@ from search.core.errors import NasdeployError
 SOFT_WEIGHT = -0.07
 HARD_ALPHA = 0.0
 HARD_BETA = -1.0
+MIN_WEIGHT = -10.0
+"""Most negative exponent accepted (MnasNet uses -0.07 soft and -1 hard); a steeper one
+would make the reward overflow a float for a child far from the budget."""
+MAX_MACS_BUDGET = 10**18
+"""Largest MAC budget (a million T-MACs)."""
 
 @dataclass(frozen=True)
 class RewardConfig:
@@ -42,15 +47,21 @@ class RewardConfig:
     macs_budget: int | None = None
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.latency_budget_ms) and self.latency_budget_ms > 0):
-            raise NasdeployError(f"latency budget must be positive, got {self.latency_budget_ms}")
-        if self.alpha > 0 or self.beta > 0:
-            raise NasdeployError(
-                f"latency weights must be <= 0 (e.g. -0.07), got alpha={self.alpha} "
-                f"beta={self.beta}"
-            )
-        if self.macs_budget is not None and self.macs_budget < 1:
-            raise NasdeployError(f"MAC budget must be at least 1, got {self.macs_budget}")
+        if not (_is_number(self.latency_budget_ms) and math.isfinite(self.latency_budget_ms)
+                and self.latency_budget_ms > 0):
+            raise NasdeployError(f"latency budget must be a positive number of milliseconds, got "
+                                 f"{self.latency_budget_ms!r}"[:160])
+        weights = (self.alpha, self.beta)
+        if not all(_is_number(w) and math.isfinite(w) and MIN_WEIGHT <= w <= 0 for w in weights):
+            raise NasdeployError(f"latency weights must be <= 0 and >= {MIN_WEIGHT:g} (e.g. -0.07), "
+                                 f"got alpha={self.alpha!r} beta={self.beta!r}"[:160])
+        if not isinstance(self.hard, bool):
+            raise NasdeployError(f"hard constraint must be true or false, got {self.hard!r}"[:160])
+        if self.macs_budget is not None and not (
+                isinstance(self.macs_budget, int) and not isinstance(self.macs_budget, bool)
+                and 1 <= self.macs_budget <= MAX_MACS_BUDGET):
+            raise NasdeployError(f"MAC budget must be a whole number from 1 to {MAX_MACS_BUDGET:.0e}, "
+                                 f"got {self.macs_budget!r}"[:160])
 
     @property
     def exponents(self) -> tuple[float, float]:
@@ -58,10 +69,20 @@ class RewardConfig:
         return (HARD_ALPHA, HARD_BETA) if self.hard else (self.alpha, self.beta)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def constraint_factor(value: float, budget: float, alpha: float, beta: float) -> float:
-    """MnasNet's multiplicative factor ``(value / budget) ** w``; exactly 1 at the budget."""
-    ratio = max(value, 1e-12) / budget
-    return ratio ** (alpha if value <= budget else beta)
+    """MnasNet's multiplicative factor ``(value / budget) ** w``; exactly 1 at the budget.
+
+    Computed in logarithms and capped at ``1e300``, so no ratio overflows a float.
+    """
+    weight = alpha if value <= budget else beta
+    if weight == 0:
+        return 1.0
+    exponent = weight * math.log(max(value, 1e-12) / budget)
+    return math.exp(min(exponent, math.log(1e300)))
 
 
 def mnas_reward(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shlex
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from search.core.atomic import atomic_write_text, unique_path
-from search.core.errors import NasdeployError
+from search.core.errors import NasdeployError, one_line
 from search.core.jsonio import read_json
 from search.core.rundir import (
     CONFIG_NAME,
+    CONTROLLER_NAME,
     HISTORY_NAME,
     LATENCY_CACHE_NAME,
     LOCK_NAME,
@@ -32,7 +35,7 @@ from search.core.rundir import (
     STUDY_DB_NAME,
 )
 from search.core.units import parse_count, parse_duration, parse_latency
-from search.evaluation.reward import RewardConfig
+from search.evaluation.reward import MIN_WEIGHT, RewardConfig
 from search.experiment.loop import Evaluator, LoopResult, run_loop
 from search.experiment.report import ReportContext, describe_target, write_report
 from search.space.searchspace import SearchSpace
@@ -49,6 +52,14 @@ DEFAULT_TRIALS = 100
 CONFIG_MAX_BYTES = 1024 * 1024  # config.json holds a few dozen settings
 DEFAULT_RUNS_DIR = "runs"
 STUDY_NAME_MAX_CHARS = 512  # Optuna's RDB storage limit for study names
+MAX_BLOCKS = 20
+"""Most blocks per cell searched (NASNet uses 5)."""
+MAX_RL_BATCH = 4096
+"""Most children per PPO update."""
+MAX_SEED = 2**31 - 1
+"""Largest seed (Optuna's samplers add the trial count to it and NumPy takes < 2**32)."""
+MAX_CHILD_EPOCHS = 100_000
+"""Most training epochs per child."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,8 @@ class SearchConfig:
     image_size: int | None = None
     target_variant: str = "cifar"
     latency_device: str = "cpu"
+    latency_threads: int | None = 1
+    latency_predictor: str | None = None
     device: str = "auto"
     blocks: int = 5
     seed: int = 0
@@ -98,6 +111,10 @@ class SearchConfig:
 
     def validate(self) -> None:
         """Check every setting; raise :class:`NasdeployError` with one line."""
+        weight = self.latency_weight
+        if weight is not None and not (math.isfinite(weight) and MIN_WEIGHT <= weight <= 0):
+            raise NasdeployError(f"--latency-weight: latency weights must be <= 0 and >= {MIN_WEIGHT:g} "
+                                 f"(e.g. -0.07), got {weight}")
         self.reward_config()
         if self.time_budget is not None:
             parse_duration(self.time_budget)
@@ -112,20 +129,46 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NasdeployError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name, limit in (("blocks", MAX_BLOCKS), ("rl_batch", MAX_RL_BATCH),
+                            ("child_epochs", MAX_CHILD_EPOCHS)):
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise NasdeployError(f"--{name.replace('_', '-')} must be at most {limit}, got {value}"[:160])
+        if not 0 <= self.seed <= MAX_SEED:
+            raise NasdeployError(f"--seed must be from 0 to {MAX_SEED}, got {self.seed}"[:160])
         if self.study_name is not None and not (
                 self.study_name.strip() and self.study_name.isprintable()
                 and len(self.study_name) <= STUDY_NAME_MAX_CHARS):
             raise NasdeployError(f"--study-name must be 1 to {STUDY_NAME_MAX_CHARS} printable "
                                  f"characters, got {self.study_name[:80]!r}")
-        if self.latency_device not in ("cpu", "cuda"):
-            raise NasdeployError(f"--latency-device must be cpu or cuda, got "
+        if self.latency_device not in ("cpu", "cuda", "tensorrt"):
+            raise NasdeployError(f"--latency-device must be cpu, cuda or tensorrt, got "
                                  f"{self.latency_device!r}")
-        from search.nn.device import resolve_device
-        from search.space.scale import parse_scale
+        if self.latency_predictor is not None:
+            from search.evaluation.predictor import load_predictor
 
-        parse_scale(self.target_variant)
-        parse_scale(self.child_defaults().scale)
+            load_predictor(self.latency_predictor)  # a bad file fails here, before any directory
+        if self.latency_threads is not None and self.latency_threads < 1:
+            raise NasdeployError(f"--latency-threads must be at least 1, got {self.latency_threads}")
+        from search.nn.device import resolve_device
+
+        self.check_sizes()
         resolve_device(self.device)
+
+    def check_sizes(self, num_classes: int = 1000) -> None:
+        """Refuse a child or deployment scale too large to build for any candidate (one line).
+
+        Every genotype of the search space with ``blocks`` blocks must fit the limits of
+        :mod:`search.space.scale` at the child scale and at the target variant, at the
+        image size the search will use.
+        """
+        from search.data.datasets import DEFAULT_IMAGE_SIZE
+        from search.space.scale import VARIANTS, check_size, parse_scale
+
+        size = self.image_size or DEFAULT_IMAGE_SIZE.get(self.dataset, 32)
+        named = self.target_variant.strip().lower() in VARIANTS
+        check_size(parse_scale(self.target_variant, None if named else size), self.blocks, num_classes)
+        check_size(parse_scale(self.child_defaults().scale, size), self.blocks, num_classes)
 
     @property
     def max_trials(self) -> int | None:
@@ -154,16 +197,48 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+    def from_dict(cls, data: dict[str, Any], source: str = CONFIG_NAME) -> SearchConfig:
+        """Settings from ``config.json`` (named ``source`` in errors), each of its type."""
         data = dict(data)
         if "flops_budget" in data:  # runs written before the flag was called --macs-budget
             data.setdefault("macs_budget", data.pop("flops_budget"))
+        # runs written before --latency-threads timed on every core: a resumed run keeps that
+        data.setdefault("latency_threads", None)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown or "latency_budget" not in data:
-            raise NasdeployError(f"config.json has unknown or missing settings "
-                                 f"({', '.join(sorted(unknown)) or 'latency_budget'})")
+            shown = ", ".join(str(name)[:40] for name in sorted(unknown)[:5]) or "latency_budget"
+            raise NasdeployError(f"{source} has unknown or missing settings ({shown})")
+        for f in dataclasses.fields(cls):
+            if f.name in data and not _has_type(data[f.name], str(f.type)):
+                raise NasdeployError(f"{source}: setting {f.name!r} must be {_type_words(str(f.type))}, "
+                                     f"got {data[f.name]!r}"[:200])
         return cls(**data)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float),
+                                       "bool": (bool,), "None": (type(None),), "list": (list,),
+                                       "dict": (dict,)}
+_TYPE_WORDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
+               "None": "null", "list": "a list", "dict": "an object"}
+
+
+def _kinds(annotation: str) -> list[str]:
+    return [part.strip().split("[")[0] for part in annotation.split("|")]
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated ``str | None``, ``int``, ``list[str]``..."""
+    for name in _kinds(annotation):
+        if isinstance(value, bool) and name != "bool":
+            continue
+        if isinstance(value, _TYPES.get(name, ())):
+            return True
+    return False
+
+
+def _type_words(annotation: str) -> str:
+    return " or ".join(_TYPE_WORDS.get(kind, kind) for kind in _kinds(annotation))
 
 
 @dataclass
@@ -175,6 +250,7 @@ class SearchResult:
     loop: LoopResult
     config: SearchConfig
     seconds: float
+    latency_check: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def new_run_dir(config: SearchConfig, root: str | Path = DEFAULT_RUNS_DIR) -> Path:
@@ -202,7 +278,8 @@ def _settings(config: SearchConfig, data: Any) -> tuple[Any, Any]:
                                    seed=config.seed)
     target_size = None if config.target_variant.strip().lower() in VARIANTS else data.image_size
     latency = LatencySettings(scale=config.target_variant, image_size=target_size,
-                              num_classes=data.num_classes, device=config.latency_device)
+                              num_classes=data.num_classes, device=config.latency_device,
+                              threads=config.latency_threads)
     return child_settings, latency
 
 
@@ -211,7 +288,13 @@ def _evaluator(config: SearchConfig, data: Any, run_dir: Path) -> Evaluator:
     from search.evaluation.proxy import evaluate_child
 
     child, latency = _settings(config, data)
-    meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
+    if config.latency_predictor is not None:
+        from search.evaluation.latency import PredictedMeter
+        from search.evaluation.predictor import load_predictor
+
+        meter: Any = PredictedMeter(load_predictor(config.latency_predictor), latency)
+    else:
+        meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
     return Evaluator(partial(evaluate_child, data=data, settings=child), meter,
                      config.reward_config())
 
@@ -236,11 +319,74 @@ def _context(config: SearchConfig, data: Any) -> ReportContext:
 
 
 def _prepare_dir(config: SearchConfig, run_dir: Path, resume: bool) -> None:
+    _check_new(run_dir, resume)
+    config.out = str(run_dir)
+    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def _check_new(run_dir: Path, resume: bool) -> None:
     if not resume and (run_dir / HISTORY_NAME).exists():
         raise NasdeployError(f"{run_dir} already holds a search; continue it with --resume "
                              f"{run_dir} or choose another --out")
-    config.out = str(run_dir)
-    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def check_resumable(config: SearchConfig, run_dir: Path) -> None:
+    """Read (never write) everything a resume of ``run_dir`` will read; one line if unusable.
+
+    ``trials.jsonl`` (every line and its genotype, a torn last line excepted), the ``study.db`` of an
+    Optuna strategy and the ``controller.pt`` of the RL strategy: a resume touches nothing
+    in the run directory until all of them have been read.
+    """
+    from search.strategies.base import STRATEGIES
+    from search.strategies.optuna_study import OptunaStrategy, check_study_storage
+
+    if not run_dir.is_dir():
+        raise NasdeployError(f"{run_dir} is not a search run directory")
+    for record in read_history(run_dir / HISTORY_NAME):
+        try:
+            record.to_genotype()
+        except NasdeployError as exc:
+            raise NasdeployError(f"{run_dir / HISTORY_NAME}: trial {record.trial}: {exc}") from None
+    factory = STRATEGIES.get(config.strategy)
+    study = run_dir / STUDY_DB_NAME
+    if isinstance(factory, type) and issubclass(factory, OptunaStrategy) and study.exists():
+        check_study_storage(study)
+    controller = run_dir / CONTROLLER_NAME
+    if config.strategy == "rl" and controller.exists():
+        _check_controller(config, controller)
+
+
+def _check_controller(config: SearchConfig, path: Path) -> None:
+    """Load ``controller.pt`` into a fresh in-memory RL strategy (nothing is written)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable or foreign file
+        raise NasdeployError(f"cannot read {path}: not a controller checkpoint ({type(exc).__name__}); "
+                             "restore it or move it away to start the controller afresh") from None
+    strategy = create_strategy(config.strategy, StrategyConfig(
+        space=SearchSpace(config.blocks), seed=config.seed, rl_batch=config.rl_batch))
+    try:
+        strategy.load_state_dict(state)  # type: ignore[attr-defined]
+    except NasdeployError as exc:
+        raise NasdeployError(f"{path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a dict of the wrong shape
+        raise NasdeployError(f"{path} is not a controller state of this run "
+                             f"({one_line(exc, 160).rstrip(':')})") from None
+
+
+_PRE_TRIAL_FILES = {LOCK_NAME, CONFIG_NAME, STUDY_DB_NAME, CONTROLLER_NAME, LATENCY_CACHE_NAME,
+                    HISTORY_NAME}
+
+
+def _remove_unused(run_dir: Path) -> None:
+    """Remove a run directory this call created if it holds no finished trial."""
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    history = run_dir / HISTORY_NAME
+    if names - _PRE_TRIAL_FILES or (history.exists() and history.stat().st_size > 0):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -268,28 +414,47 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 def run_search(config: SearchConfig, *, progress: bool = True, resume: bool = False
                ) -> SearchResult:
-    """Run the search described by ``config``; with ``resume`` continue ``config.out``."""
+    """Run the search described by ``config``; with ``resume`` continue ``config.out``.
+
+    Every setting and, on resume, every file of the run is checked before anything is
+    written; a new run that fails before its first trial leaves no directory behind.
+    """
     config.validate()
+    run_dir = Path(config.out) if config.out else new_run_dir(config)
+    if resume:
+        check_resumable(config, run_dir)
+    else:
+        _check_new(run_dir, resume)
     start = time.perf_counter()
     data = _load_data(config)
-    run_dir = Path(config.out) if config.out else new_run_dir(config)
+    config.check_sizes(data.num_classes)
     evaluator = _evaluator(config, data, run_dir)  # checks the latency provider first
     config.out = str(run_dir)
     if config.study_name is None:
         config.study_name = default_study_name(run_dir, resume)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        _prepare_dir(config, run_dir, resume)
-        return _search(config, data, evaluator, run_dir, progress, start)
+    try:
+        with run_lock(run_dir):
+            return _search(config, data, evaluator, run_dir, progress, start, resume)
+    except Exception:
+        if created:
+            _remove_unused(run_dir)
+        raise
 
 
 def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path,
-            progress: bool, start: float) -> SearchResult:
+            progress: bool, start: float, resume: bool) -> SearchResult:
     strategy = create_strategy(config.strategy, StrategyConfig(
         space=SearchSpace(config.blocks), seed=config.seed, run_dir=run_dir,
         rl_batch=config.rl_batch, study_name=config.study_name,
         latency_budget_ms=evaluator.reward.latency_budget_ms,
         macs_budget=evaluator.reward.macs_budget))
+    try:
+        _prepare_dir(config, run_dir, resume)  # config.json once the strategy's state opened
+    except BaseException:
+        strategy.close()
+        raise
     ctx = _context(config, data)
     try:
         result = run_loop(strategy, evaluator, run_dir, max_trials=config.max_trials,
@@ -300,7 +465,36 @@ def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path
     finally:
         strategy.close()
     best = write_report(run_dir, result.records, ctx)
-    return SearchResult(run_dir, best, result, config, time.perf_counter() - start)
+    check: list[dict[str, Any]] = []
+    if config.latency_predictor is not None and best is not None:
+        check = verify_predictions(result.records, best, _settings(config, data)[1], run_dir)
+        ctx.settings["latency_check"] = check
+        best = write_report(run_dir, result.records, ctx)
+    return SearchResult(run_dir, best, result, config, time.perf_counter() - start, check)
+
+
+VERIFY_TOP = 3
+"""With a latency predictor, this many of the best feasible candidates are measured for real."""
+PREDICTION_TOLERANCE = 0.10
+"""A real latency further than this from its prediction gets a warning."""
+
+
+def verify_predictions(records: list[Any], best: Selection, latency: Any,
+                       run_dir: Path) -> list[dict[str, Any]]:
+    """Measure the selected genotype and the next best feasible ones for real (winner first)."""
+    from search.evaluation.latency import LatencyMeter
+
+    meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
+    ranked = sorted((r for r in records if r.status == "ok" and r.feasible and r.duplicate_of is None
+                     and r.trial != best.record.trial), key=lambda r: -r.accuracy)
+    rows = []
+    for record in [best.record, *ranked[: VERIFY_TOP - 1]]:
+        cost = meter(record.to_genotype())
+        error = (cost.latency_ms - record.latency_ms) / record.latency_ms
+        rows.append({"trial": record.trial, "predicted_ms": record.latency_ms, "measured_ms": cost.latency_ms,
+                     "measured_p90_ms": cost.latency_p90_ms, "error": error,
+                     "within_tolerance": abs(error) <= PREDICTION_TOLERANCE, "provider": cost.provider})
+    return rows
 
 
 def load_config(run_dir: str | Path) -> SearchConfig:
@@ -312,7 +506,7 @@ def load_config(run_dir: str | Path) -> SearchConfig:
         raise NasdeployError(f"{run_dir} is not a search run directory (no {CONFIG_NAME})") from None
     except OSError as exc:
         raise NasdeployError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    config = SearchConfig.from_dict(data)
+    config = SearchConfig.from_dict(data, str(path))
     config.out = str(run_dir)
     return config
 
@@ -326,6 +520,19 @@ def resume_search(run_dir: str | Path, *, trials: int | None = None,
     if time_budget is not None:
         config.time_budget = time_budget
     return run_search(config, progress=progress, resume=True)
+
+
+def latency_check_lines(check: list[dict[str, Any]]) -> list[str]:
+    """Predicted against measured latency of the verified candidates, and a warning past 10 %."""
+    lines = []
+    for row in check:
+        mark = "" if row["within_tolerance"] else "  WARNING: off by more than 10 %"
+        lines.append(f"latency of trial {row['trial']}: predicted {row['predicted_ms']:.3f} ms, measured "
+                     f"{row['measured_ms']:.3f} ms ({row['error']:+.1%}){mark}")
+    if any(not row["within_tolerance"] for row in check):
+        lines.append("warning: the latency predictor misses by more than 10 % here; profile more models of "
+                     "this target (python -m search.latency profile) and fit it again")
+    return lines
 
 
 def summary_text(result: SearchResult) -> str:
@@ -352,6 +559,7 @@ def summary_text(result: SearchResult) -> str:
                  f"in {result.seconds / 60:.1f} min")
     files = [name for name in REPORT_FILES if (result.run_dir / name).exists()]
     lines.append(f"files in {result.run_dir}: {', '.join(files)}")
+    lines.extend(latency_check_lines(result.latency_check))
     if best is not None:  # search.train reads dataset, data dir, variant and size from the run
         lines.append(f"next: python -m search.train {shlex.quote(str(result.run_dir))}")
     return "\n".join(lines)

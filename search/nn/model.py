@@ -14,7 +14,7 @@ from torch import nn
 
 from search.nn.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 from search.space import genotype as gt
-from search.space.scale import Scale, cell_channels, parse_scale
+from search.space.scale import Scale, cell_channels, check_size, parse_scale
 
 
 def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
@@ -203,6 +203,7 @@ def build_model(
         dropout: before the classifier; defaults to 0.0 (CIFAR layout) or 0.5 (ImageNet).
     """
     resolved = parse_scale(scale, image_size)
+    check_size(resolved, genotype, num_classes)  # refuse a network too large to build, before allocating
     if dropout is None:
         dropout = 0.0 if resolved.layout == "cifar" else 0.5
     return NASNet(genotype, resolved, num_classes, auxiliary, drop_path_prob, dropout)

@@ -12,6 +12,14 @@ resize, mean/std, layout, channel order), its outputs (class names) and where it
 from (dataset, trained or random-init weights); the export adds precision, params, MACs
 and accuracy. Unknown keys are ignored, so newer files stay readable.
 
+Every card is validated once, when it is made (:meth:`ModelCard.__post_init__`), so each
+reader (checkpoint, ONNX metadata, sidecar) and each writer (training, export) holds the same
+rules: mean and std are 3 finite numbers (std from :data:`STD_RANGE`, mean within
+:data:`MEAN_LIMIT`); image size and resize from 1 to :data:`MAX_IMAGE_SIZE`; 1 to
+:data:`MAX_CLASSES` classes, with as many class names as outputs; a known precision, layout
+and channel order; a scale :func:`~search.space.scale.parse_scale` reads. A card that breaks
+one is a one-line :class:`CardError` naming the field.
+
 Format versions: 1 is the checkpoint ``spec`` and the ONNX/sidecar metadata written
 before the card existed (without ``num_classes`` in the metadata, ``weights`` only as an
 extra key); 2 is this card. Both are read.
@@ -20,6 +28,7 @@ extra key); 2 is this card. Both are read.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -28,6 +37,7 @@ from typing import Any
 from search.core.errors import NasdeployError
 from search.core.jsonio import JsonError, loads_json
 from search.space.genotype import Genotype, GenotypeError
+from search.space.scale import MAX_CLASSES, MAX_IMAGE_SIZE, parse_scale
 
 CARD_VERSION = 2
 VERSION_KEY = "format_version"
@@ -58,6 +68,21 @@ REQUIRED = ("image_size", "mean", "std")
 
 OPTIONAL = frozenset({"genotype", "dataset", "resize", "params", "macs", "accuracy", "weights"})
 """Fields that may be ``None`` (unknown)."""
+
+# MAX_IMAGE_SIZE (largest input side and resize, px) and MAX_CLASSES are search.space.scale's,
+# the bounds every flag that sets them shares; they are re-exported here with the card's own.
+MAX_BATCH = 4096
+"""Largest batch any stage feeds a model (export verification, engine profiles, benchmarks)."""
+MEAN_LIMIT = 1000.0
+"""Largest absolute per-channel mean (pixels are scaled to [0, 1] before it is subtracted)."""
+STD_RANGE = (1e-6, 1000.0)
+"""Smallest and largest per-channel std: above 0 with room for float32 (no NaN inputs)."""
+PRECISIONS = ("fp32", "fp16", "int8")
+"""The precisions an export writes."""
+LAYOUTS = ("NCHW",)
+"""Input layouts the serving runtimes feed."""
+CHANNEL_ORDERS = ("RGB",)
+"""Input channel orders the serving runtimes feed."""
 
 _KIND_TEXT = {
     "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
@@ -114,12 +139,7 @@ class ModelCard:
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
-        if self.image_size < 1:
-            raise _bad("image_size", "a positive integer", self.image_size)
-        if self.resize is not None and self.resize < 1:
-            raise _bad("resize", "a positive integer", self.resize)
-        if any(s <= 0 for s in self.std):
-            raise _bad("std", "positive numbers", list(self.std))
+        self._check_ranges()
         count = self.num_classes or len(self.class_names)
         if count < 1:
             raise CardError("model card has neither class_names nor a positive num_classes")
@@ -129,6 +149,36 @@ class ModelCard:
             raise CardError(f"model card has {len(self.class_names)} class_names for "
                             f"num_classes {self.num_classes}")
         object.__setattr__(self, "num_classes", count)
+
+    def _check_ranges(self) -> None:
+        """Every field within its documented range (see the module docstring)."""
+        if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise _bad("image_size", f"an integer from 1 to {MAX_IMAGE_SIZE}", self.image_size)
+        if self.resize is not None and not 1 <= self.resize <= MAX_IMAGE_SIZE:
+            raise _bad("resize", f"an integer from 1 to {MAX_IMAGE_SIZE}", self.resize)
+        if not all(math.isfinite(m) and abs(m) <= MEAN_LIMIT for m in self.mean):
+            raise _bad("mean", f"3 finite numbers within +-{MEAN_LIMIT:g}", list(self.mean))
+        low, high = STD_RANGE
+        if not all(low <= s <= high for s in self.std):  # NaN fails every comparison
+            raise _bad("std", f"positive numbers from {low:g} to {high:g}", list(self.std))
+        if not 0 <= self.num_classes <= MAX_CLASSES:
+            raise _bad("num_classes", f"an integer from 1 to {MAX_CLASSES}", self.num_classes)
+        if len(self.class_names) > MAX_CLASSES:
+            raise _bad("class_names", f"at most {MAX_CLASSES} names", f"{len(self.class_names)} names")
+        for name, known in (("precision", PRECISIONS), ("layout", LAYOUTS),
+                            ("channel_order", CHANNEL_ORDERS)):
+            if getattr(self, name) not in known:
+                raise _bad(name, "one of " + ", ".join(known), getattr(self, name))
+        for name in ("params", "macs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise _bad(name, "a non-negative integer", getattr(self, name))
+        if self.accuracy is not None and not 0.0 <= self.accuracy <= 1.0:
+            raise _bad("accuracy", "a fraction from 0 to 1", self.accuracy)
+        if self.scale:
+            try:
+                parse_scale(self.scale, self.image_size)
+            except NasdeployError as exc:
+                raise CardError(f"model card field 'scale': {exc}") from None
 
     @property
     def resize_to(self) -> int:

@@ -103,6 +103,20 @@ def _fail(where: str, message: str) -> GenotypeError:
     return GenotypeError(f"invalid genotype: {where}: {message}")
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about hostile values."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
+        return f"a {len(str(abs(value)))}-digit number"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unknown(fields: set[Any]) -> str:
+    names = sorted(str(f) for f in fields)
+    shown = ", ".join(_short(n, 30).strip("'\"") for n in names[:5])
+    return f"unknown field(s) {shown}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise _fail(where, f"expected {what}, got {type(value).__name__} {value!r}"[:200])
@@ -113,7 +127,7 @@ def _parse_block(data: Any, where: str, num_inputs: int) -> Block:
     _expect(data, dict, where, "an object with inputs, ops, combine")
     unknown = set(data) - {"inputs", "ops", "combine"}
     if unknown:
-        raise _fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
+        raise _fail(where, _unknown(unknown))
     for key in ("inputs", "ops"):
         if key not in data:
             raise _fail(where, f"missing field {key!r}")
@@ -125,15 +139,16 @@ def _parse_block(data: Any, where: str, num_inputs: int) -> Block:
         if not 0 <= index < num_inputs:
             raise _fail(
                 f"{where}.inputs[{j}]",
-                f"index {index} out of range; this block may use 0..{num_inputs - 1}",
+                f"index {_short(index)} out of range; this block may use 0..{num_inputs - 1}",
             )
     for j, op in enumerate(data["ops"]):
         _expect(op, str, f"{where}.ops[{j}]", "an op name")
         if op not in OP_NAMES:
-            raise _fail(f"{where}.ops[{j}]", f"unknown op {op!r}; choose from {', '.join(OP_NAMES)}")
+            raise _fail(f"{where}.ops[{j}]", f"unknown op {_short(op)}; choose from {', '.join(OP_NAMES)}")
     combine = _expect(data.get("combine", "add"), str, f"{where}.combine", "a string")
     if combine not in COMBINES:
-        raise _fail(f"{where}.combine", f"unknown combine {combine!r}; choose from {', '.join(COMBINES)}")
+        raise _fail(f"{where}.combine",
+                    f"unknown combine {_short(combine)}; choose from {', '.join(COMBINES)}")
     return Block(tuple(data["inputs"]), tuple(data["ops"]), combine)  # type: ignore[arg-type]
 
 
@@ -143,7 +158,7 @@ def _parse_cell(data: Any, where: str) -> Cell:
     _expect(data, dict, where, "an object with a 'blocks' list")
     unknown = set(data) - {"blocks", "concat"}
     if unknown:
-        raise _fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
+        raise _fail(where, _unknown(unknown))
     blocks = _expect(data.get("blocks"), list, f"{where}.blocks", "a list of blocks")
     if not blocks:
         raise _fail(f"{where}.blocks", "a cell needs at least one block")
@@ -156,7 +171,8 @@ def _parse_cell(data: Any, where: str) -> Cell:
         for j, index in enumerate(concat):
             _expect(index, int, f"{where}.concat[{j}]", "an integer")
             if not 0 <= index < len(parsed) + 2:
-                raise _fail(f"{where}.concat[{j}]", f"index {index} out of range 0..{len(parsed) + 1}")
+                raise _fail(f"{where}.concat[{j}]",
+                            f"index {_short(index)} out of range 0..{len(parsed) + 1}")
         if len(set(concat)) != len(concat):
             raise _fail(f"{where}.concat", "indices must be distinct")
         concat = tuple(concat)
@@ -167,15 +183,16 @@ def _parse_genotype(data: Any) -> Genotype:
     _expect(data, dict, "top level", "a JSON object")
     fmt = data.get("format", FORMAT_NAME)
     if fmt != FORMAT_NAME:
-        raise _fail("format", f"expected {FORMAT_NAME!r}, got {fmt!r}")
+        raise _fail("format", f"expected {FORMAT_NAME!r}, got {_short(fmt)}")
     if "version" not in data:
         raise _fail("version", f"missing; this nasdeploy reads version {FORMAT_VERSION}")
     version = data["version"]
     if version != FORMAT_VERSION:
-        raise _fail("version", f"unsupported version {version!r}; this nasdeploy reads {FORMAT_VERSION}")
+        raise _fail("version",
+                    f"unsupported version {_short(version)}; this nasdeploy reads {FORMAT_VERSION}")
     unknown = set(data) - {"format", "version", "normal", "reduce", "metadata", "name"}
     if unknown:
-        raise _fail("top level", f"unknown field(s) {', '.join(sorted(unknown))}")
+        raise _fail("top level", _unknown(unknown))
     for key in ("normal", "reduce"):
         if key not in data:
             raise _fail(key, "missing cell")

@@ -2,6 +2,16 @@
 
 N is the number of normal cells per stage (three stages), F the number of filters in
 the penultimate layer, i.e. the channel width of the last cell's output.
+
+Limits, each a one-line :class:`NasdeployError` beyond it, before anything is allocated:
+
+- :func:`parse_scale`: N from 1 to :data:`MAX_CELLS` (64), F from 1 to :data:`MAX_FILTERS`
+  (65,536), the input side from :data:`MIN_IMAGE_SIZE` (8) to :data:`MAX_IMAGE_SIZE` (4,096) px;
+- :func:`check_size` (called before a network is built): 1 to :data:`MAX_CLASSES` (100,000) classes;
+- a network of at most :data:`MAX_PARAMS` parameters (1 G, 4 GB of float32 weights;
+  NASNet-A Large has 89 M) and at most :data:`MAX_ACTIVATION_BYTES` (16 GiB) of float32
+  feature maps in one forward pass of one image, both estimated by :func:`estimate_size`
+  from the genotype and the scale alone (no torch, nothing allocated).
 """
 
 from __future__ import annotations
@@ -11,11 +21,27 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from search.core.errors import NasdeployError
+from search.space.opnames import OP_NAMES
 
 if TYPE_CHECKING:
-    from search.space.genotype import Genotype
+    from search.space.genotype import Cell, Genotype
 
 _N_AT_F = re.compile(r"^\s*(\d+)\s*@\s*(\d+)\s*$")
+
+MIN_IMAGE_SIZE = 8
+"""Smallest input side in pixels (three reductions must leave at least one pixel)."""
+MAX_IMAGE_SIZE = 4096
+"""Largest input side in pixels (NASNet-A Large reads 331)."""
+MAX_CELLS = 64
+"""Largest N (normal cells per stage; the paper's variants use 4 to 6)."""
+MAX_FILTERS = 65536
+"""Largest F (penultimate filters; NASNet-A Large has 4,032)."""
+MAX_CLASSES = 100_000
+"""Largest classifier (ImageNet-21k has 21,841 classes)."""
+MAX_PARAMS = 1_000_000_000
+"""Largest network built, in parameters (without the auxiliary head): 4 GB of float32."""
+MAX_ACTIVATION_BYTES = 16 * 2**30
+"""Largest estimated float32 feature maps of one forward pass at batch 1 (16 GiB)."""
 
 
 @dataclass(frozen=True)
@@ -53,14 +79,29 @@ def layout_for(image_size: int) -> str:
     return "cifar" if image_size <= 64 else "imagenet"
 
 
+def check_image_size(image_size: int) -> int:
+    """``image_size`` if it is from :data:`MIN_IMAGE_SIZE` to :data:`MAX_IMAGE_SIZE` px.
+
+    Raises:
+        NasdeployError: outside that range (or not an integer).
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise NasdeployError(f"image size must be a whole number of pixels, got {image_size!r}"[:120])
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise NasdeployError(f"image size must be at least {MIN_IMAGE_SIZE} px and at most "
+                             f"{MAX_IMAGE_SIZE} px, got {image_size}")
+    return image_size
+
+
 def parse_scale(text: str | Scale, image_size: int | None = None) -> Scale:
     """Parse a variant name or ``N@F``; ``image_size`` overrides the default size.
 
     Raises:
-        NasdeployError: unknown variant, malformed ``N@F`` or a non-positive size.
+        NasdeployError: unknown variant, malformed ``N@F``, N, F or the size out of range
+            (:data:`MAX_CELLS`, :data:`MAX_FILTERS`, :data:`MAX_IMAGE_SIZE`).
     """
-    if image_size is not None and image_size < 8:
-        raise NasdeployError(f"image size must be at least 8 px, got {image_size}")
+    if image_size is not None:
+        check_image_size(image_size)
     if isinstance(text, Scale):
         return text if image_size is None else replace(text, image_size=image_size)
     key = text.strip().lower()
@@ -70,14 +111,24 @@ def parse_scale(text: str | Scale, image_size: int | None = None) -> Scale:
     match = _N_AT_F.match(key)
     if not match:
         raise NasdeployError(
-            f"unknown variant {text!r}: use {', '.join(VARIANTS)} or N@F such as 4@1056"
+            f"unknown variant {text[:40]!r}: use {', '.join(VARIANTS)} or N@F such as 4@1056"
         )
-    num_cells, filters = int(match.group(1)), int(match.group(2))
+    num_cells, filters = _whole(match.group(1)), _whole(match.group(2))
     if num_cells < 1 or filters < 1:
         raise NasdeployError(f"bad scale {text!r}: N and F must be positive")
+    if num_cells > MAX_CELLS or filters > MAX_FILTERS:
+        shown = text.strip() if len(text.strip()) <= 40 else text.strip()[:37] + "..."
+        raise NasdeployError(f"scale {shown!r} is too large: N is at most {MAX_CELLS} and F at "
+                             f"most {MAX_FILTERS} (NASNet-A Large is 6@4032)")
     size = image_size or 32
     layout = layout_for(size)
     return Scale(num_cells, filters, size, layout, 3.0 if layout == "cifar" else 1.0)
+
+
+def _whole(digits: str) -> int:
+    """The integer of a digit string; ``10**12`` (beyond every limit) for longer ones."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 12 else 10**12
 
 
 def cell_channels(filters: int, num_blocks: int, num_reductions: int = 2) -> int:
@@ -123,3 +174,156 @@ def scale_summary(scale: Scale, genotype: Genotype | None = None) -> str:
         text += (f" (F={scale.filters} assumes {blocks + 1} concatenated states, "
                  f"this normal cell concatenates {states})")
     return text
+
+
+# --- how big a network is, before building it -------------------------------------------
+
+# Parameters of each op at width C (stride 1 / stride 2), as built by search.nn.ops:
+# convolutions have no bias, every batch norm has 2 C parameters; a stride-2 identity is a
+# factorized reduction (two 1x1 convolutions, C x C in all).
+_CONV_WEIGHTS = {"conv_1x3_3x1": 6, "conv_1x7_7x1": 14, "dil_conv_3x3": 9, "conv_1x1": 1, "conv_3x3": 9}
+_SEP_KERNELS = {"sep_conv_3x3": 3, "sep_conv_5x5": 5, "sep_conv_7x7": 7}
+_POOLS = {"avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7"}
+# Feature maps an op creates, in units of its output (ReLU, convolutions, batch norm).
+_OP_TENSORS = {**{name: 3 for name in _CONV_WEIGHTS}, "conv_1x3_3x1": 4, "conv_1x7_7x1": 4,
+               **{name: 8 for name in _SEP_KERNELS}, **{name: 1 for name in _POOLS}}
+if set(_CONV_WEIGHTS) | set(_SEP_KERNELS) | _POOLS | {"identity"} != set(OP_NAMES):
+    raise RuntimeError("search.space.scale's size estimate does not cover every op in OP_NAMES")
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """How big a network is: parameters and the float32 feature maps of one image."""
+
+    params: int
+    """Trainable parameters without the auxiliary head (exact for the ops of the registry)."""
+    activation_bytes: int
+    """Estimated bytes of every feature map one forward pass creates at batch 1 (float32);
+    training keeps them all for the backward pass, times the batch size."""
+
+
+def _op_params(name: str, c: int, stride: int) -> int:
+    if name == "identity":
+        return c * c + 2 * c if stride == 2 else 0
+    if name in _POOLS:
+        return 0
+    if name in _SEP_KERNELS:
+        k = _SEP_KERNELS[name]
+        return 2 * (k * k * c + c * c + 2 * c)
+    return _CONV_WEIGHTS[name] * c * c + 2 * c
+
+
+def _op_tensors(name: str, stride: int) -> int:
+    if name == "identity":
+        return 4 if stride == 2 else 0
+    return _OP_TENSORS[name]
+
+
+def _half(side: int) -> int:
+    return (side + 1) // 2
+
+
+def _cell_size(cell: Cell, c_pp: int, c_p: int, c: int, side: int, reduction: bool,
+               reduction_prev: bool) -> tuple[int, int, int]:
+    """Parameters, feature-map elements and output channels of one cell at input ``side``."""
+    params = c_p * c + 2 * c  # pre1: ReLU, 1x1 conv, batch norm
+    elements = (c_p + 2 * c) * side * side
+    if reduction_prev or c_pp != c:  # pre0: the same, or a factorized reduction
+        params += c_pp * c + 2 * c
+        side_pp = 2 * side if reduction_prev else side
+        elements += c_pp * side_pp * side_pp + 3 * c * side * side
+    out_side = _half(side) if reduction else side
+    for block in cell.blocks:
+        for index, op in zip(block.inputs, block.ops, strict=True):
+            stride = 2 if reduction and index < 2 else 1
+            params += _op_params(op, c, stride)
+            elements += _op_tensors(op, stride) * c * out_side * out_side
+        if block.combine == "concat":
+            params += 2 * c * c + 2 * c
+            elements += 6 * c * out_side * out_side
+        else:
+            elements += c * out_side * out_side
+    outputs = cell.output_states()
+    reducers = sum(1 for i in outputs if reduction and i < 2)
+    params += reducers * (c * c + 2 * c)
+    elements += (4 * reducers + len(outputs)) * c * out_side * out_side
+    return params, elements, len(outputs) * c
+
+
+def estimate_size(genotype: Genotype, scale: Scale, num_classes: int = 1000) -> SizeEstimate:
+    """Parameters and feature-map bytes of ``genotype`` at ``scale``, without building it.
+
+    Follows the macro layout of ``search.nn.model`` cell by cell, in plain integers: the
+    parameter count equals ``count_params`` of the built model; the feature maps are an
+    estimate of what one forward pass creates (within a small factor).
+    """
+    blocks = genotype.num_blocks
+    c = cell_channels(scale.filters, blocks)
+    side = scale.image_size
+    if scale.layout == "cifar":
+        stem = int(c * scale.stem_multiplier)
+    else:
+        stem = int(32 * scale.stem_multiplier)
+        side = max(1, (side - 3) // 2 + 1)
+    params = 27 * stem + 2 * stem
+    elements = 3 * scale.image_size**2 + 2 * stem * side * side
+    c_pp, c_p, reduction_prev = stem, stem, False
+    widths: list[tuple[Cell, int, bool]] = []
+    if scale.layout == "imagenet":
+        widths += [(genotype.reduce, max(2, c // 4), True), (genotype.reduce, max(2, c // 2), True)]
+    width = c
+    for stage in range(3):
+        if stage > 0:
+            width *= 2
+            widths.append((genotype.reduce, width, True))
+        widths += [(genotype.normal, width, False)] * scale.num_cells
+    for cell, width, reduction in widths:
+        p, e, out = _cell_size(cell, c_pp, c_p, width, side, reduction, reduction_prev)
+        params, elements = params + p, elements + e
+        side = _half(side) if reduction else side
+        c_pp, c_p, reduction_prev = c_p, out, reduction
+    params += c_p * num_classes + num_classes
+    return SizeEstimate(params, 4 * elements)
+
+
+def _worst_cells(num_blocks: int) -> list[Genotype]:
+    """One genotype per op of the registry that makes the widest, heaviest cells of the space."""
+    from search.space.genotype import Block, Cell, Genotype
+
+    worst = []
+    for op in OP_NAMES:
+        cell = Cell(tuple(Block((0, 0), (op, op), "concat") for _ in range(num_blocks)))
+        worst.append(Genotype(cell, cell))
+    return worst
+
+
+def check_size(scale: Scale, genotype: Genotype | int, num_classes: int = 1000) -> SizeEstimate:
+    """Refuse a network larger than :data:`MAX_PARAMS` or :data:`MAX_ACTIVATION_BYTES`.
+
+    Args:
+        scale: the scale to build at.
+        genotype: the genotype, or a number of blocks: then the largest genotype of the
+            search space with that many blocks is checked (every candidate fits).
+        num_classes: classifier outputs.
+
+    Returns:
+        The estimate (the largest figures of the candidates when given a block count).
+
+    Raises:
+        NasdeployError: one line with the estimate and the limit, before anything is built.
+    """
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise NasdeployError(f"the number of classes must be 1 to {MAX_CLASSES:,}, got {num_classes}")
+    candidates = _worst_cells(genotype) if isinstance(genotype, int) else [genotype]
+    sizes = [estimate_size(g, scale, num_classes) for g in candidates]
+    params = max(size.params for size in sizes)
+    activation = max(size.activation_bytes for size in sizes)
+    what = f"{scale.label} at {scale.image_size} px"
+    if params > MAX_PARAMS:
+        raise NasdeployError(f"{what} is too large to build: about {params / 1e9:,.2f} G parameters "
+                             f"(the limit is {MAX_PARAMS / 1e9:g} G); use a smaller N@F")
+    if activation > MAX_ACTIVATION_BYTES:
+        raise NasdeployError(f"{what} is too large to run: about {activation / 2**30:,.1f} GiB of "
+                             f"feature maps per image (the limit is {MAX_ACTIVATION_BYTES / 2**30:g} GiB); "
+                             f"use a smaller image size or N@F")
+    return SizeEstimate(params, activation)

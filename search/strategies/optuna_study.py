@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from search.core.errors import NasdeployError
+from search.core.errors import NasdeployError, one_line
 from search.core.rundir import STUDY_DB_NAME
 from search.strategies.base import (
     DEFAULT_STUDY_NAME,
@@ -41,6 +41,35 @@ _CONSTRAINTS = "constraints"
 _SKIPPED = "skipped"
 _MAX_SKIPS = 10
 """Re-asks when the sampler proposes a genotype that already failed in this run."""
+
+
+def check_study_storage(path: str | Path) -> None:
+    """Raise :class:`NasdeployError` unless ``path`` is a readable Optuna SQLite storage.
+
+    Read-only (the file is opened with SQLite's ``mode=ro``): used before a resume writes
+    anything, and before Optuna opens the file (whose errors are long tracebacks).
+    """
+    import sqlite3
+
+    path = Path(path)
+    if not path.is_file():
+        raise NasdeployError(f"{path} is not a regular file; move it away to start a new study")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            (check,) = connection.execute("PRAGMA quick_check").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise NasdeployError(f"{path} is not a readable Optuna study ({one_line(exc, 120)}); "
+                             "restore it or move it away to start a new study") from None
+    foreign = bool(tables) and "studies" not in tables  # no tables at all: Optuna makes them
+    if foreign or check != "ok":
+        reason = "tables of another program" if foreign else f"damaged: {str(check)[:80]}"
+        raise NasdeployError(f"{path} is not a readable Optuna study ({reason}); "
+                             "restore it or move it away to start a new study")
 
 
 def _stored_constraints(trial: FrozenTrial) -> Sequence[float]:
@@ -72,7 +101,10 @@ class OptunaStrategy(Strategy):
         if run_dir is None:
             return None
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(f"sqlite:///{Path(run_dir) / STUDY_DB_NAME}")
+        path = Path(run_dir) / STUDY_DB_NAME
+        if path.exists():
+            check_study_storage(path)
+        return optuna.storages.RDBStorage(f"sqlite:///{path}")
 
     def close(self) -> None:
         """Close the SQLite connections of the study's storage."""
@@ -80,10 +112,19 @@ class OptunaStrategy(Strategy):
             self.storage.engine.dispose()
 
     def _open_study(self, seed: int) -> optuna.Study:
-        self.storage = self._storage()
-        study = optuna.create_study(
-            storage=self.storage, sampler=self._sampler(seed), study_name=self.study_name,
-            directions=list(self.directions), load_if_exists=True)
+        self.storage = None
+        try:
+            self.storage = self._storage()
+            study = optuna.create_study(
+                storage=self.storage, sampler=self._sampler(seed), study_name=self.study_name,
+                directions=list(self.directions), load_if_exists=True)
+        except NasdeployError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy, SQLite and Optuna schema errors
+            self.close()
+            where = Path(str(self.config.run_dir)) / STUDY_DB_NAME
+            raise NasdeployError(f"cannot open the Optuna study in {where} ({one_line(exc, 200)})"
+                                 ) from None
         wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                   else optuna.study.StudyDirection.MINIMIZE for d in self.directions]
         if list(study.directions) != wanted:

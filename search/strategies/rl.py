@@ -214,7 +214,7 @@ class RLStrategy(Strategy):
         path = self.checkpoint_path
         if path is not None and path.exists():
             try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable file
                 raise NasdeployError(f"cannot read {path}: {exc}") from None
             self.load_state_dict(state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from search.nn.device import resolve_device
 from search.nn.model import build_model
 from search.space.card import ModelCard
 from search.space.genotype import Genotype
-from search.space.scale import parse_scale, scale_summary
+from search.space.scale import check_size, parse_scale, scale_summary
 from search.training.loop import (
     DivergedError,
     TrainConfig,
@@ -99,7 +100,9 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True,
     a near-chance warning at the end.
 
     Raises:
-        NasdeployError: bad genotype, variant, dataset or output directory; a diverged run.
+        NasdeployError: bad genotype, variant, dataset or output directory; a network beyond
+            the limits of :mod:`search.space.scale`; a diverged run. A run that fails before
+            its first epoch is saved leaves no directory behind.
     """
     out_dir = _check_out(settings)
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -111,15 +114,50 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True,
         raise NasdeployError("no genotype to train: name a run directory, genotype file or built-in")
     config = settings.train
     device = resolve_device(config.device)
+    parse_scale(settings.variant, settings.image_size)  # N, F and the size in range before loading
     data = load_dataset(settings.dataset, settings.data_dir, image_size=settings.image_size,
                         val_fraction=settings.val_fraction, train_size=settings.train_size,
                         seed=config.seed)
     scale = parse_scale(settings.variant, data.image_size)
+    check_size(scale, genotype, data.num_classes)  # before the network is allocated
     spec = ModelCard(genotype=genotype, scale=scale.label, image_size=data.image_size,
                      num_classes=data.num_classes, class_names=data.class_names,
                      mean=data.mean, std=data.std, auxiliary=settings.auxiliary,
                      dataset=data.name)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)  # only once every input has been checked
+    try:
+        return _train(settings, genotype, data, scale, spec, state, device, out_dir, progress, log)
+    except Exception as exc:
+        if created:
+            _remove_unused(out_dir)
+        if _out_of_memory(exc):
+            raise NasdeployError(f"out of memory training {scale.label} at {data.image_size} px with batch "
+                                 f"{config.batch_size} on {device}: lower --batch, --image-size or the "
+                                 "variant") from None
+        raise
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation (CUDA or CPU), which torch reports as several kinds of error."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _remove_unused(out_dir: Path) -> None:
+    """Remove a training directory this run created if no epoch finished (no checkpoint)."""
+    names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    if CHECKPOINT_NAME not in names and names <= {TRAIN_LOG_NAME}:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train(settings: FinalTrainSettings, genotype: Genotype, data: DataBundle, scale: Any,
+           spec: ModelCard, state: dict[str, Any] | None, device: torch.device, out_dir: Path,
+           progress: bool, log: Any) -> FinalTrainResult:
+    config = settings.train
+    ckpt_path = out_dir / CHECKPOINT_NAME
     torch.manual_seed(config.seed)
     model = build_model(genotype, scale, num_classes=data.num_classes,
                         image_size=data.image_size, auxiliary=settings.auxiliary,

@@ -24,6 +24,15 @@ BatchCallback = Callable[[int, float, float], None]
 """Called after every batch with (samples in the batch, batch loss, running accuracy)."""
 
 
+MAX_EPOCHS = 100_000
+"""Most epochs of one training run."""
+MAX_LR = 1e10
+"""Largest learning rate accepted (NASNet trains at 0.025 to 0.1): far beyond any rate that
+learns, yet inside float32 arithmetic, so an absurd rate diverges in one line."""
+MAX_SEED = 2**31 - 1
+"""Largest seed (the per-epoch seeds derived from it stay within what torch accepts)."""
+
+
 class DivergedError(Exception):
     """The training loss became NaN or infinite."""
 
@@ -49,8 +58,18 @@ class TrainConfig:
             raise NasdeployError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise NasdeployError(f"batch size must be at least 1, got {self.batch_size}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise NasdeployError(f"learning rate must be positive, got {self.lr}")
+        if self.epochs > MAX_EPOCHS:
+            raise NasdeployError(f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}"[:120])
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
+            raise NasdeployError(f"learning rate must be above 0 and at most {MAX_LR:g}, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise NasdeployError(f"momentum must be in [0, 1), got {self.momentum}")
+        for name in ("weight_decay", "aux_weight", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise NasdeployError(f"{name.replace('_', ' ')} must be a finite number >= 0, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise NasdeployError(f"seed must be from 0 to {MAX_SEED}, got {self.seed}"[:120])
         if not 0.0 <= self.label_smoothing < 1.0:
             raise NasdeployError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.drop_path_prob < 1.0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ class TrialRecord:
 
     ``duplicate_of`` names the earlier trial whose result was reused when the same
     genotype was proposed again (no retraining); it is ``None`` for fresh evaluations.
+    ``latency_p10_ms``/``latency_p90_ms`` are the spread of the timed runs behind
+    ``latency_ms`` (their median); ``None`` in older records and for unmeasured latency.
     """
 
     trial: int
@@ -47,6 +49,8 @@ class TrialRecord:
     latency_time_s: float
     finished_at: str
     duplicate_of: int | None = None
+    latency_p10_ms: float | None = None
+    latency_p90_ms: float | None = None
 
     def to_genotype(self) -> Genotype:
         return Genotype.from_dict(self.genotype)
@@ -61,8 +65,44 @@ class TrialRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        """Build a record from a ``trials.jsonl`` object, checking every field's type (not the
+        genotype's content: :meth:`to_genotype` does); ``ValueError`` names the first bad field
+        (unknown fields are ignored)."""
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ValueError(f"missing field(s) {', '.join(missing[:3])}{more}")
+        for f in fields(cls):
+            if f.name in data and not _fits(data[f.name], str(f.type)):
+                shown = repr(data[f.name])
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                raise ValueError(f"field {f.name!r} must be {_words(str(f.type))}, got {shown}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,),
+                                       "bool": (bool,), "None": (type(None),), "dict": (dict,)}
+_WORDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
+          "None": "null", "dict": "an object"}
+
+
+def _kinds(annotation: str) -> list[str]:
+    return [part.strip().split("[")[0] for part in annotation.split("|")]
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated ``float | None``, ``dict[str, Any]``..."""
+    for kind in _kinds(annotation):
+        if isinstance(value, bool) and kind != "bool":
+            continue
+        if isinstance(value, _KINDS.get(kind, ())):
+            return True
+    return False
+
+
+def _words(annotation: str) -> str:
+    return " or ".join(_WORDS.get(kind, kind) for kind in _kinds(annotation))
 
 
 def utc_now() -> str:
