@@ -63,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="input side in pixels (default: the dataset's, digits 16, CIFAR 32)")
     add("--target-variant", metavar="V", help="deployment scale latency is measured at: cifar (6@768), "
         "mobile, large or N@F (default: cifar)")
-    add("--latency-device", choices=["cpu", "cuda"],
-        help="ONNX Runtime device latency is measured on (default: cpu)")
+    add("--latency-device", choices=["cpu", "cuda", "tensorrt"],
+        help="where latency is measured: cpu or cuda (ONNX Runtime), or tensorrt (an fp16 TensorRT "
+             "engine per candidate; needs TensorRT and an NVIDIA GPU) (default: cpu)")
+    add("--latency-threads", type=cli.positive_int, metavar="N",
+        help="ONNX Runtime intra-op threads for latency; one pinned thread is the most repeatable "
+             "figure on a shared multi-core host, set the cores your device runs on (default: 1)")
+    add("--latency-predictor", metavar="FILE",
+        help="predict latency with this file from search.latency fit (profiled on the target device) "
+             "instead of timing every candidate; the best candidates are still measured at the end "
+             "(default: none, every candidate is timed)")
     add("--device", help="child training device: auto, cpu or cuda (default: auto)")
     add("--blocks", type=cli.positive_int, metavar="B", help="blocks per cell (default: 5)")
     add("--seed", type=int, help="random seed (default: 0)")

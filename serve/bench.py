@@ -1,9 +1,16 @@
-"""Latency and throughput of a model on this machine.
+"""Latency and throughput of a model on this machine, or of every model of a latency panel.
 
     python -m serve.bench MODEL [--backend auto] [--device auto] [--batch-sizes 1,8,32 | --batch N]
                                 [--warmup 10] [--iters N | --duration 2s] [--json [FILE]]
+    python -m serve.bench --panel DIR [--threads 1] [--backend auto] [--device auto] --json OUT
 
 Inputs are random tensors of the model's shape: decoding and preprocessing are not timed.
+A batch holds at most 4096 images (MAX_BATCH) and an input tensor of at most 2 GiB; larger
+ones are refused before anything is allocated.
+With --panel (a folder from `python -m search.latency panel`) every model is timed at batch 1
+as the search times latency (median of 20 runs, p10/p90, timed again when the spread is wide),
+on ONNX Runtime with --threads intra-op threads, or as fp16 engines with --backend tensorrt;
+OUT is the measurements file `python -m search.latency fit` reads.
 """
 
 from __future__ import annotations
@@ -20,11 +27,19 @@ from typing import Any
 import numpy as np
 
 from search.core import cli
-from search.core.errors import USER_ERRORS, report_user_error
+from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
+from search.runtime import panel as latency_panel
+from search.runtime.host import cpu_model
 from search.runtime.timing import measure
+from search.space.card import MAX_BATCH
+from serve.errors import ServeError
 from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime
 
 MIN_ITERS = 5
+MAX_INPUT_BYTES = 2 * 1024**3
+"""Largest input tensor of one timed batch (float32 bytes)."""
+PANEL_REPEATS = 20
+"""Timed runs per panel model without --iters (the search's latency repeats)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,13 @@ def run_bench(
 def bench_runtime(
     runtime: Runtime, config: BenchConfig, progress: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Time every batch size of ``config`` on an already loaded ``runtime``."""
+    """Time every batch size of ``config`` on an already loaded ``runtime``.
+
+    Raises:
+        ServeError: A batch size above :data:`MAX_BATCH` or whose input would exceed
+            :data:`MAX_INPUT_BYTES` (checked for every size before any is timed).
+    """
+    check_batch_sizes(config.batch_sizes, runtime.info.image_size)
     rng = np.random.default_rng(config.seed)
     results = []
     for n in config.batch_sizes:
@@ -111,6 +132,33 @@ def bench_batch(
     }
 
 
+def check_batch_sizes(sizes: tuple[int, ...], image_size: int) -> None:
+    """Refuse batch sizes out of 1..MAX_BATCH or whose float32 input exceeds MAX_INPUT_BYTES."""
+    for n in sizes:
+        if not 1 <= n <= MAX_BATCH:
+            raise ServeError(f"batch size {n} is out of range: 1 to {MAX_BATCH} images")
+        needed = n * 3 * image_size * image_size * 4
+        if needed > MAX_INPUT_BYTES:
+            raise ServeError(f"batch {n} of 3x{image_size}x{image_size} float32 inputs needs "
+                             f"{needed / 1024**3:.1f} GiB; the limit is {MAX_INPUT_BYTES / 1024**3:.0f} GiB "
+                             "per batch")
+
+
+def bench_batch_sizes(text: str) -> tuple[int, ...]:
+    """``--batch-sizes``: comma-separated batch sizes, each 1 to :data:`MAX_BATCH`."""
+    sizes = cli.batch_sizes(text)
+    for n in sizes:
+        if n > MAX_BATCH:
+            raise argparse.ArgumentTypeError(f"batch size {n} is out of range: at most {MAX_BATCH} images")
+    return sizes
+
+
+def one_batch_size(text: str) -> int:
+    """``--batch``: one batch size, 1 to :data:`MAX_BATCH`."""
+    (size,) = bench_batch_sizes(str(cli.positive_int(text)))
+    return size
+
+
 def skip_reason(runtime: Runtime) -> str:
     """Why a batch size does not fit ``runtime``."""
     low, high = runtime.batch_limits
@@ -138,13 +186,7 @@ def host_info() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    return cpu_model()
 
 
 def render(report: dict[str, Any], console: Any) -> None:
@@ -183,18 +225,28 @@ def render(report: dict[str, Any], console: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m serve.bench`` command line."""
     parser = cli.parser("python -m serve.bench", __doc__.strip())
-    parser.add_argument("model", type=Path,
+    parser.add_argument("model", type=Path, nargs="?",
                         help="model.onnx or model.engine, a folder holding model.onnx, or a search run "
-                             "directory (its selected trial's exported model)")
+                             "directory (its selected trial's exported model); not with --panel")
+    parser.add_argument("--panel", type=Path, metavar="DIR",
+                        help="time every model of a latency panel (python -m search.latency panel) at "
+                             f"batch 1: --warmup runs, then {PANEL_REPEATS} timed runs (or --iters) within "
+                             "--duration, median and p10/p90 per model")
+    parser.add_argument("--rounds", type=cli.positive_int, default=1, metavar="R",
+                        help="passes over the panel (--panel only); a model's latency is the median of its "
+                             "per-round medians, so a busy spell falls on every model alike")
+    parser.add_argument("--threads", type=cli.positive_int, default=1, metavar="N",
+                        help="ONNX Runtime intra-op threads per panel model (--panel only; one pinned "
+                             "thread is the most repeatable figure on a shared multi-core machine)")
     parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                         help="runtime that runs the model; auto picks it by the file suffix")
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="where the model runs; auto takes the best one available")
     batch = parser.add_mutually_exclusive_group()
-    batch.add_argument("--batch-sizes", type=cli.batch_sizes, default="1,8,32", metavar="N,N,...",
-                       help="batch sizes to time, in images, comma-separated")
-    batch.add_argument("--batch", type=cli.positive_int, metavar="N",
-                       help="time one batch size, in images (same as --batch-sizes N)")
+    batch.add_argument("--batch-sizes", type=bench_batch_sizes, default="1,8,32", metavar="N,N,...",
+                       help=f"batch sizes to time, in images, comma-separated (each at most {MAX_BATCH})")
+    batch.add_argument("--batch", type=one_batch_size, metavar="N",
+                       help=f"time one batch size, in images, at most {MAX_BATCH} (same as --batch-sizes N)")
     parser.add_argument("--warmup", type=cli.non_negative_int, default=10, metavar="RUNS",
                         help="untimed runs per batch size")
     limit = parser.add_mutually_exclusive_group()
@@ -208,12 +260,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def panel_timing(args: argparse.Namespace) -> latency_panel.PanelTiming:
+    """How ``--panel`` times each model: ``--backend tensorrt`` (or ``auto`` where TensorRT and a
+    GPU are usable) builds fp16 engines, otherwise ONNX Runtime on ``--device``."""
+    backend = args.backend
+    if backend == "auto":
+        from search.runtime.tensorrt import missing_requirement
+
+        backend = "tensorrt" if missing_requirement() is None else "onnxruntime"
+    if backend == "tensorrt" and args.device == "cpu":
+        raise NasdeployError("--backend tensorrt runs on the GPU; use --backend onnxruntime for --device cpu")
+    return latency_panel.PanelTiming(
+        backend=backend, device=args.device, threads=args.threads, warmup=args.warmup,
+        repeats=args.iters or PANEL_REPEATS, max_time_s=None if args.iters else args.duration,
+        rounds=args.rounds)
+
+
+def run_panel(args: argparse.Namespace) -> int:
+    """``--panel DIR``: time every model, one progress line each on stderr; write ``--json``."""
+    import sys
+
+    from rich.console import Console
+
+    if args.model is not None:
+        raise NasdeployError("give a MODEL or --panel DIR, not both")
+    timing = panel_timing(args)
+    measurements = latency_panel.measure_panel(
+        args.panel, timing,
+        lambda done, total, row: print(latency_panel.progress_line(done, total, row), file=sys.stderr,
+                                       flush=True))
+    if args.json not in (None, cli.STDOUT):
+        latency_panel.write_measurements(args.json, measurements)
+    elif cli.emit_json(args.json, measurements):
+        return 0
+    render_panel(measurements, Console())
+    return 0
+
+
+def render_panel(measurements: dict[str, Any], console: Any) -> None:
+    """The panel's measurements as a table."""
+    from rich.table import Table
+
+    device = measurements["device"]
+    table = Table(title=f"latency panel: {device['runtime']} {device['runtime_version']} / "
+                        f"{device['provider']} ({device['precision']}, threads {device['threads']})")
+    for column in ("model", "M MACs", "median ms", "p10 ms", "p90 ms", "runs"):
+        table.add_column(column, justify="right")
+    for row in measurements["results"]:
+        table.add_row(row["id"], f"{row['macs'] / 1e6:.1f}", f"{row['median_ms']:.3f}",
+                      f"{row['p10_ms']:.3f}", f"{row['p90_ms']:.3f}", str(row["samples"]))
+    console.print(table)
+    console.print(f"host: {device['host']}, {device['cpu']}", soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Time every batch size; print a table, or the report as JSON (``--json``)."""
     from rich.console import Console
     from rich.progress import Progress
 
     args = build_parser().parse_args(argv)
+    if args.panel is not None:
+        try:
+            return run_panel(args)
+        except USER_ERRORS as exc:
+            return report_user_error(exc)
+    if args.model is None:
+        return report_user_error(NasdeployError("give a model file, or --panel DIR to time a latency panel"))
     sizes = (args.batch,) if args.batch else args.batch_sizes
     config = BenchConfig(args.model, args.backend, args.device, sizes,
                          args.warmup, args.iters, args.duration)

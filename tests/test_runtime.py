@@ -239,7 +239,7 @@ def test_search_serve_and_app_report_the_same_numbers_for_the_same_runs(
     monkeypatch.setattr(latency, "create_session", lambda path, settings: ClockedSession(
         real_create(path, settings), clock, WARMUP_TICKS + TIMED_TICKS))
     settings = latency.LatencySettings(scale="1@16", image_size=16, warmup=2, repeats=10, threads=1,
-                                       max_time_s=60.0)
+                                       max_time_s=60.0, retries=0)  # one scripted pass, no re-measure
     cost = latency.LatencyMeter(settings)(REFERENCE_GENOTYPES["lite"])
     assert (cost.latency_ms, cost.latency_p90_ms, cost.timed_runs) == (want.median_ms, want.p90_ms, 10)
     assert cost.threads == 1 and cost.provider == CPU

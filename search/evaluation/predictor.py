@@ -217,6 +217,33 @@ def _column_scale(x: np.ndarray) -> np.ndarray:
     return np.where(scale > 0, scale, 1.0)
 
 
+DEVICE_KEYS = ("cpu", "gpu", "runtime", "provider", "threads", "precision")
+"""What must agree between measurements pooled into one predictor."""
+
+
+def pool(sets: list[Measurements]) -> Measurements:
+    """Several measurement files of one target on one device as one set (one line if they differ)."""
+    first = sets[0]
+    for other in sets[1:]:
+        same_target = (other.target.variant, other.target.image_size, other.target.num_classes) == (
+            first.target.variant,
+            first.target.image_size,
+            first.target.num_classes,
+        )
+        same_device = all(other.target.device.get(k) == first.target.device.get(k) for k in DEVICE_KEYS)
+        if not (same_target and same_device):
+            raise PredictorError(
+                f"{other.source} measured another target or device than {first.source}; "
+                "fit one predictor per target and device"
+            )
+    return Measurements(
+        first.target,
+        [g for s in sets for g in s.genotypes],
+        np.concatenate([s.latency_ms for s in sets]),
+        first.source,
+    )
+
+
 def _fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
     """Fit one model kind; the result is plain JSON data (no pickle: a predictor file is input)."""
     if kind == "table":
@@ -317,6 +344,46 @@ class Predictor:
                 f"with {num_classes}: "
                 "profile a panel of the target you search for (python -m search.latency profile)"
             )
+
+    def device_text(self) -> str:
+        d = self.target.device
+        threads = f", {d['threads']} thread(s)" if d.get("threads") else ""
+        return (
+            f"{d.get('gpu') or d.get('cpu') or 'unknown device'} ({d.get('runtime', '?')}, "
+            f"{d.get('provider', '?')}{threads}, {d.get('precision', '?')})"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What ``--json`` reports: target, device, chosen model and held-out figures."""
+        return {
+            "model": self.kind,
+            "target": {
+                "target_variant": self.target.variant,
+                "image_size": self.target.image_size,
+                "num_classes": self.target.num_classes,
+            },
+            "device": self.target.device,
+            "holdout": self.holdout,
+            "candidates": self.candidates,
+        }
+
+    def report_text(self) -> str:
+        """The held-out comparison of both models, for the terminal."""
+        t = self.target
+        lines = [
+            f"latency predictor for {t.variant} ({t.image_size} px, {t.num_classes} classes) on "
+            f"{self.device_text()}",
+            f"held-out genotypes: {self.holdout.get('samples')} "
+            f"(trained on {self.holdout.get('train_samples')})",
+            "model     within 5%  within 10%  RMSE ms  mean abs err",
+        ]
+        for kind, row in self.candidates.items():
+            mark = "  <- kept" if kind == self.kind else ""
+            lines.append(
+                f"{kind:8s}  {row['within_5pct']:8.1%}  {row['within_10pct']:9.1%}  "
+                f"{row['rmse_ms']:7.3f}  {row['mape']:11.1%}{mark}"
+            )
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {

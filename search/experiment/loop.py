@@ -65,6 +65,12 @@ def _finite(value: Any, default: float = 0.0) -> float:
     return number if math.isfinite(number) else default
 
 
+def _spread(cost: Any, name: str) -> float | None:
+    """A cost's p10/p90 latency when it has a finite one (a predicted cost has none)."""
+    value = _finite(getattr(cost, name, None), math.nan)
+    return value if math.isfinite(value) else None
+
+
 def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
                        strategy: str) -> TrialRecord:
     """Score one genotype; failures become a ``failed`` record with reward 0.
@@ -80,6 +86,8 @@ def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
         cost = evaluator.cost_fn(genotype)
         fields.update(latency_ms=_finite(cost.latency_ms, math.nan), macs=int(cost.macs),
                       params=int(cost.params), latency_time_s=_finite(cost.measure_time_s))
+        spread = {k: _spread(cost, k) for k in ("latency_p10_ms", "latency_p90_ms")}
+        fields.update({k: v for k, v in spread.items() if v is not None})
     except MeasurementError as exc:  # this candidate's deployment model failed
         fields["error"] = str(exc).splitlines()[0][:500]
     except NasdeployError:

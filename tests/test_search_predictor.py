@@ -1,0 +1,108 @@
+"""``search.run --latency-predictor``: predicted latency in the reward, the winner measured for real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from search.core.rundir import GENOTYPE_NAME, HISTORY_NAME
+from search.evaluation.panel import PanelSpec, profile
+from search.latency import main as latency_main
+from search.run import main as run_main
+from search.runtime.panel import MEASUREMENTS_NAME, PanelTiming
+from search.trials.history import read_history
+
+TARGET, SIZE = "1@16", 8
+SEARCH = [
+    "--latency-budget",
+    "5ms",
+    "--dataset",
+    "digits",
+    "--target-variant",
+    TARGET,
+    "--child-scale",
+    "1@8",
+    "--child-train-size",
+    "200",
+    "--image-size",
+    str(SIZE),
+    "--strategy",
+    "random",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A predictor fitted on a real panel of this target, timed here."""
+    work = tmp_path_factory.mktemp("latency")
+    profile(PanelSpec(TARGET, 12, SIZE, seed=3), work / "panel", PanelTiming(repeats=10, warmup=2))
+    out = work / "predictor.json"
+    assert latency_main(["fit", str(work / "panel" / MEASUREMENTS_NAME), "--out", str(out)]) == 0
+    return out
+
+
+def test_the_search_uses_predicted_latency_and_measures_the_winner(
+    predictor: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    assert run_main([*SEARCH, "--trials", "3", "--latency-predictor", str(predictor), "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    records = read_history(run / HISTORY_NAME)
+    assert len(records) == 3 and all(r.latency_ms and r.latency_ms > 0 for r in records if r.status == "ok")
+    metadata = json.loads((run / GENOTYPE_NAME).read_text())["metadata"]
+    check = metadata["search"]["latency_check"]
+    assert check and check[0]["trial"] == metadata["trial"]  # the winner first
+    for row in check:
+        assert row["measured_ms"] > 0 and row["provider"] == "CPUExecutionProvider"
+        assert row["error"] == pytest.approx((row["measured_ms"] - row["predicted_ms"]) / row["predicted_ms"])
+        assert row["within_tolerance"] == (abs(row["error"]) <= 0.10)
+    assert f"latency of trial {check[0]['trial']}: predicted" in out
+    assert ("WARNING" in out) == (not all(row["within_tolerance"] for row in check))
+
+
+def test_latency_predict_prints_a_prediction_per_genotype(predictor: Path, capsys) -> None:
+    assert latency_main(["predict", "--predictor", str(predictor), "nasnet-a", "lite", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [row["genotype"] for row in result["predictions"]] == ["nasnet-a", "lite"]
+    assert all(row["predicted_ms"] > 0 for row in result["predictions"])
+    assert result["target"] == {"target_variant": TARGET, "image_size": SIZE, "num_classes": 10}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target-variant", "2@16"], "was made for 1@16 at 8 px"),
+        (["--image-size", "16"], "was made for 1@16 at 8 px"),
+    ],
+)
+def test_a_predictor_for_another_target_is_refused_before_anything_is_written(
+    predictor: Path, tmp_path: Path, extra: list[str], message: str, capsys
+) -> None:
+    argv = [
+        *SEARCH,
+        "--trials",
+        "1",
+        "--latency-predictor",
+        str(predictor),
+        "--out",
+        str(tmp_path / "run"),
+        *extra,
+    ]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_predictor_file_is_one_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "p.json"
+    bad.write_text('{"format": "nasdeploy-latency-predictor", "version": 1}')
+    assert (
+        run_main([*SEARCH, "--trials", "1", "--latency-predictor", str(bad), "--out", str(tmp_path / "r")])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and not (tmp_path / "r").exists()
