@@ -27,6 +27,7 @@ import numpy as np
 from export.metadata import retag_precision, write_card
 from export.verify import compare_outputs, open_session, run_session, warn
 from search.core.errors import NasdeployError
+from search.runtime.tensorrt import convert_fp16 as runtime_fp16
 from search.space.card import ModelCard
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -186,33 +187,9 @@ def evaluation_data(config: Any, info: ModelCard, dataset: str | None, log: Any 
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
-    """Write an fp16 copy of ``src`` with float32 inputs and outputs."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    sort_nodes(model.graph)
-    onnx.save(model, str(dst))
+    """Write an fp16 copy of ``src`` with float32 inputs and outputs, tagged fp16."""
+    runtime_fp16(src, dst)
     retag_precision(dst, "fp16")
-
-
-def sort_nodes(graph: Any) -> None:
-    """Order ``graph.node`` topologically (the fp16 converter appends its input casts last)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
-        if not ready:
-            raise NasdeployError("fp16 conversion produced a graph with a cycle or a dangling input")
-        for node in ready:
-            available.update(node.output)
-        ordered.extend(ready)
-        pending = [n for n in pending if all(name not in available for name in n.output)]
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 def quantize_qdq(src: Path, dst: Path, images: np.ndarray, *, method: str = "minmax",

@@ -26,9 +26,9 @@ from export.quantize import make_fp16, random_inputs
 from search.core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from search.core.errors import NasdeployError
 from search.core.rundir import ENGINE_SUFFIX, ENGINE_SUFFIXES, engine_path, sidecar_path, variant_path
+from search.runtime.tensorrt import import_cudart, parse_strongly_typed
 from search.space.card import MAX_BATCH, ModelCard
 from serve.metadata import read_onnx_card
-from serve.trt_backend import import_cudart
 
 INSTALL_HINT = "pip install 'nasdeploy[gpu]' on a machine with an NVIDIA GPU and its CUDA driver"
 SIDECAR_FORMAT = "nasdeploy-engine"
@@ -291,16 +291,7 @@ def build_engine(config: TrtConfig) -> tuple[BuildPlan, dict[str, Any] | None]:
 
 def _build_serialized(trt: Any, plan: BuildPlan) -> tuple[bytes, bytes]:
     """Parse the ONNX into a strongly typed network and build it with the plan's profile."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(plan.onnx)):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise NasdeployError(f"TensorRT cannot parse {plan.onnx.name}: {errors[:300]}")
+    builder, network, _ = parse_strongly_typed(trt, plan.onnx, trt.Logger.WARNING)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
     profile = builder.create_optimization_profile()

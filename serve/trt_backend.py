@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from search.core.rundir import sidecar_path
+from search.runtime.tensorrt import import_cudart
 from search.space.card import CardError, ModelCard
 from serve.errors import ServeError
 from serve.metadata import read_sidecar_card
@@ -188,14 +189,6 @@ class TrtRuntime(Runtime):
         return int(low[0]), int(high[0])
 
 
-def import_cudart() -> ModuleType:
-    """The CUDA runtime bindings of cuda-python (new or old module layout)."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError("cuda-python is not installed")
 
 
 def _device_count(cudart: ModuleType) -> int:

@@ -11,9 +11,10 @@ from export_fixtures import digits_test_images, guaranteed_accuracy, make_checkp
 from onnx import numpy_helper
 
 from export.onnx_export import ExportConfig, export_model
-from export.quantize import ImageCalibrationReader, dataset_arguments, sort_nodes
+from export.quantize import ImageCalibrationReader, dataset_arguments
 from search.core.errors import NasdeployError
 from search.runtime.sessions import SessionSettings, create_session
+from search.runtime.tensorrt import sort_nodes
 from serve.metadata import read_onnx_card
 
 

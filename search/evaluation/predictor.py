@@ -34,7 +34,7 @@ from search.core.errors import NasdeployError
 from search.core.jsonio import read_json
 from search.space.genotype import Cell, Genotype
 from search.space.opnames import OP_NAMES
-from search.space.scale import Scale, cell_channels, parse_scale
+from search.space.scale import Scale, cell_channels, cell_plan, parse_scale
 
 PREDICTOR_FORMAT = "nasdeploy-latency-predictor"
 PREDICTOR_VERSION = 1
@@ -133,22 +133,9 @@ def features(genotype: Genotype, scale: Scale) -> np.ndarray:
         stem_c, side = int(32 * scale.stem_multiplier), (scale.image_size - 3) // 2 + 1
     c_pp = c_p = stem_c
     reduction_prev = False
-
-    def add(cell: Cell, width: int, reduction: bool) -> None:
-        nonlocal c_pp, c_p, side, reduction_prev
-        out_c, out_side = _cell_features(cell, acc, width, side, c_pp, c_p, reduction, reduction_prev)
-        c_pp, c_p, side, reduction_prev = c_p, out_c, out_side, reduction
-
-    if scale.layout == "imagenet":
-        add(genotype.reduce, max(2, channels // 4), True)
-        add(genotype.reduce, max(2, channels // 2), True)
-    width = channels
-    for stage in range(3):
-        if stage > 0:
-            width *= 2
-            add(genotype.reduce, width, True)
-        for _ in range(scale.num_cells):
-            add(genotype.normal, width, False)
+    for cell, width, reduction in cell_plan(genotype, scale):
+        c_p_next, side_next = _cell_features(cell, acc, width, side, c_pp, c_p, reduction, reduction_prev)
+        c_pp, c_p, side, reduction_prev = c_p, c_p_next, side_next, reduction
     acc["total_macs"] += acc["preprocess_macs"] + acc["concat_macs"] + acc["reduce_macs"]
     return np.array([acc[name] for name in FEATURE_NAMES], dtype=np.float64)
 

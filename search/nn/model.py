@@ -14,7 +14,7 @@ from torch import nn
 
 from search.nn.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 from search.space import genotype as gt
-from search.space.scale import Scale, cell_channels, check_size, parse_scale
+from search.space.scale import Scale, cell_channels, cell_plan, check_size, parse_scale
 
 
 def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
@@ -140,17 +140,11 @@ class NASNet(nn.Module):
             self.cells.append(module)
             c_pp, c_p, reduction_prev = c_p, module.out_channels, reduction
 
-        if scale.layout == "imagenet":
-            add(genotype.reduce, max(2, channels // 4), True)
-            add(genotype.reduce, max(2, channels // 2), True)
-        width = channels
-        for stage in range(3):
-            if stage > 0:
-                width *= 2
-                add(genotype.reduce, width, True)
-            for _ in range(scale.num_cells):
-                add(genotype.normal, width, False)
-            if stage == 1:
+        plan = cell_plan(genotype, scale)
+        aux_cell = len(plan) - scale.num_cells - 2  # the last normal cell of stage 2
+        for index, (cell, width, reduction) in enumerate(plan):
+            add(cell, width, reduction)
+            if index == aux_cell:
                 self.aux_index = len(self.cells) - 1
                 aux_channels = c_p
         self.aux_head = AuxiliaryHead(aux_channels, num_classes) if auxiliary else None

@@ -113,12 +113,13 @@ def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    _sort_nodes(model.graph)
+    sort_nodes(model.graph)
     onnx.save(model, str(dst))
     return Path(dst)
 
 
-def _sort_nodes(graph: Any) -> None:
+def sort_nodes(graph: Any) -> None:
+    """Order ``graph.node`` topologically (the fp16 converter appends its input casts last)."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
     while pending:
@@ -168,6 +169,28 @@ class TimingCache:
 # --- TensorRT (GPU) -------------------------------------------------------------------------
 
 
+def parse_strongly_typed(trt: Any, onnx_path: str | os.PathLike[str], severity: Any) -> tuple[Any, Any, Any]:
+    """A builder and the strongly typed network parsed from ``onnx_path`` (TensorRT 10 and 11).
+
+    Strong typing takes each tensor's precision from the ONNX file (fp16 casts, QDQ), so the
+    engine runs at the precision the model was exported in. Returns (builder, network, parser).
+
+    Raises:
+        NasdeployError: TensorRT cannot parse the file (its errors on one line).
+    """
+    logger = trt.Logger(severity)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # default in 11, flag in 10
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        found = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise NasdeployError(f"TensorRT cannot parse {Path(onnx_path).name}: {' '.join(found.split())[:300]}")
+    return builder, network, parser
+
+
 def build_engine(onnx_path: str | os.PathLike[str], cache: TimingCache | None = None,
                  workspace_bytes: int = WORKSPACE_BYTES) -> bytes:
     """Build a serialized engine from a fixed-shape ONNX model (its precision as stored).
@@ -178,17 +201,7 @@ def build_engine(onnx_path: str | os.PathLike[str], cache: TimingCache | None = 
     require_tensorrt()
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        found = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        errors = " ".join(found.split())
-        raise NasdeployError(f"TensorRT cannot parse {Path(onnx_path).name}: {errors[:300]}")
+    builder, network, _ = parse_strongly_typed(trt, onnx_path, trt.Logger.ERROR)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     timing = config.create_timing_cache(cache.data if cache is not None else b"")

@@ -268,22 +268,34 @@ def estimate_size(genotype: Genotype, scale: Scale, num_classes: int = 1000) -> 
     params = 27 * stem + 2 * stem
     elements = 3 * scale.image_size**2 + 2 * stem * side * side
     c_pp, c_p, reduction_prev = stem, stem, False
-    widths: list[tuple[Cell, int, bool]] = []
-    if scale.layout == "imagenet":
-        widths += [(genotype.reduce, max(2, c // 4), True), (genotype.reduce, max(2, c // 2), True)]
-    width = c
-    for stage in range(3):
-        if stage > 0:
-            width *= 2
-            widths.append((genotype.reduce, width, True))
-        widths += [(genotype.normal, width, False)] * scale.num_cells
-    for cell, width, reduction in widths:
+    for cell, width, reduction in cell_plan(genotype, scale):
         p, e, out = _cell_size(cell, c_pp, c_p, width, side, reduction, reduction_prev)
         params, elements = params + p, elements + e
         side = _half(side) if reduction else side
         c_pp, c_p, reduction_prev = c_p, out, reduction
     params += c_p * num_classes + num_classes
     return SizeEstimate(params, 4 * elements)
+
+
+def cell_plan(genotype: Genotype, scale: Scale) -> list[tuple[Cell, int, bool]]:
+    """The cells of the network in order: (cell, per-state width C, is a reduction cell).
+
+    The one description of NASNet's stacking: two stem reduction cells for the ImageNet
+    layout, then three stages of N normal cells with a reduction cell before stages 2 and 3
+    (each doubling C). ``search.nn.model`` builds from it; the size check and the latency
+    predictor's features walk it.
+    """
+    c = cell_channels(scale.filters, genotype.num_blocks)
+    plan: list[tuple[Cell, int, bool]] = []
+    if scale.layout == "imagenet":
+        plan += [(genotype.reduce, max(2, c // 4), True), (genotype.reduce, max(2, c // 2), True)]
+    width = c
+    for stage in range(3):
+        if stage > 0:
+            width *= 2
+            plan.append((genotype.reduce, width, True))
+        plan += [(genotype.normal, width, False)] * scale.num_cells
+    return plan
 
 
 def _worst_cells(num_blocks: int) -> list[Genotype]:
