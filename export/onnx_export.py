@@ -177,6 +177,11 @@ def load_model(config: ExportConfig, log: Any = print) -> LoadedModel:
         return _random_model(genotype, name, config, target)
     model, spec, raw = load_checkpoint(checkpoint)
     _check_matches(spec, genotype, config, checkpoint)
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    done, planned = training.get("epoch"), training.get("epochs")
+    if isinstance(done, int) and isinstance(planned, int) and done < planned:
+        warn(f"{checkpoint} has finished {done} of {planned} epochs (training was interrupted); continue it "
+             f"with python -m search.train --resume {checkpoint.parent}, then export again")
     return LoadedModel(model.eval(), spec, name, True, checkpoint, dict(raw.get("metrics") or {}),
                        run_dir=target.run_dir if target else None)
 
@@ -185,7 +190,7 @@ def _random_model(genotype: Genotype, name: str, config: ExportConfig,
                   target: RunTarget | None = None) -> LoadedModel:
     recorded = target or RunTarget(source=name, name=name, genotype=genotype)
     variant = config.variant or recorded.variant or "cifar"
-    scale = parse_scale(variant, config.image_size or recorded.image_size)
+    scale = parse_scale(variant, config.image_size or recorded.image_size_for(config.variant))
     num_classes = config.num_classes or recorded.num_classes or 10
     if num_classes < 1:
         raise NasdeployError(f"--num-classes must be positive, got {num_classes}")

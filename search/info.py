@@ -19,7 +19,6 @@ from typing import Any
 
 from search.core import cli
 from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
-from search.space.scale import VARIANTS
 from search.trials.runinfo import RunTarget, resolve_run
 
 DEFAULT_VARIANT = "cifar"
@@ -135,8 +134,7 @@ def recorded_scale(config: InfoConfig, target: RunTarget) -> tuple[str, int | No
     A named variant other than the run's (``mobile``) keeps its own image size.
     """
     variant = config.variant or target.variant or DEFAULT_VARIANT
-    own_size = variant.strip().lower() in VARIANTS and variant != target.variant
-    image_size = config.image_size or (None if own_size else target.image_size)
+    image_size = config.image_size or target.image_size_for(config.variant)
     return variant, image_size, config.num_classes or target.num_classes
 
 

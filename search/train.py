@@ -81,7 +81,7 @@ def settings_from_args(args: argparse.Namespace, target: RunTarget | None) -> Fi
         return FinalTrainSettings(genotype=None, train=train, out=args.resume, resume=True)
     dataset = args.dataset or target.dataset or DEFAULT_DATASET
     same_data = args.dataset is None or args.dataset == target.dataset
-    image_size = args.image_size or target.image_size
+    image_size = args.image_size or target.image_size_for(args.variant)
     if image_size is None and target.from_run:
         image_size = DEFAULT_IMAGE_SIZE.get(dataset)
     out = args.resume or args.out or (str(target.train_dir()) if target.from_run else None)

@@ -170,3 +170,34 @@ def test_bad_measurements_are_one_line(tmp_path: Path, edit, message: str) -> No
     path.write_text(json.dumps(data))
     with pytest.raises(PredictorError, match=re.escape(message)):
         load_measurements(path)
+
+
+def test_the_cost_table_never_predicts_a_negative_latency(tmp_path: Path) -> None:
+    genotypes = _random(60, seed=12)
+    latencies = _per_op_latency(genotypes, parse_scale("2@192", 16))
+    predictor = fit_predictor(load_measurements(_measurements(tmp_path / "m.json", genotypes, latencies)))
+    fitted = fit_predictor.__globals__["_fit"](
+        "table", np.stack([features(g, parse_scale("2@192", 16)) for g in genotypes]), latencies, 0
+    )
+    assert min(fitted["coef"]) >= 0 and fitted["intercept"] >= 0
+    pools = Cell(tuple(Block((0, 1), ("avg_pool_3x3", "max_pool_3x3")) for _ in range(5)))
+    identities = Cell(tuple(Block((0, 1), ("identity", "identity")) for _ in range(5)))
+    for extreme in (Genotype(pools, pools), Genotype(identities, identities)):
+        assert predictor.predict(extreme) > 0
+
+
+def test_a_predictor_for_other_cells_or_a_tiny_split_is_one_line(tmp_path: Path) -> None:
+    genotypes = _random(10, seed=13)
+    path = _measurements(tmp_path / "m.json", genotypes, _per_op_latency(genotypes, parse_scale("2@192", 16)))
+    predictor = fit_predictor(load_measurements(path))
+    with pytest.raises(PredictorError, match="cells of 5 blocks, not 2"):
+        predictor.check_target("2@192", 16, 10, blocks=2)
+    with pytest.raises(PredictorError, match="models left to fit"):
+        fit_predictor(load_measurements(path), holdout=0.9)
+
+
+def test_a_non_positive_latency_is_never_feasible() -> None:
+    from search.evaluation.reward import RewardConfig, is_feasible
+
+    config = RewardConfig(5.0)
+    assert is_feasible(4.0, config) and not is_feasible(-9.0, config) and not is_feasible(0.0, config)

@@ -194,3 +194,26 @@ def test_serve_takes_the_run_directory(run: Path, capsys) -> None:
     assert predict([str(run), str(sample), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert f"train-trial{_selected_trial(run)}" in json.dumps(result)
+
+
+def test_a_variant_override_does_not_inherit_the_searched_size(run: Path) -> None:
+    target = resolve_run(run)
+    assert target.image_size_for(None) == SIZE and target.image_size_for(TARGET) == SIZE
+    assert target.image_size_for("2@64") == SIZE  # another N@F: still the data's size
+    assert target.image_size_for("mobile") is None  # a named variant: its own size
+
+
+def test_serving_refuses_a_model_older_than_its_checkpoint(run: Path, capsys) -> None:
+    import os
+
+    from export.onnx import main as export
+    from search.train import main as train
+    from search.trials.runinfo import exported_model
+
+    assert train([str(run), *TRAIN]) == 0 and export([str(run)]) == 0
+    capsys.readouterr()
+    model = exported_model(run)
+    checkpoint = model.parent / CHECKPOINT_NAME
+    os.utime(checkpoint, (model.stat().st_mtime + 60, model.stat().st_mtime + 60))  # training went on
+    with pytest.raises(Exception, match="older than"):
+        exported_model(run)

@@ -68,7 +68,7 @@ def test_latency_predict_prints_a_prediction_per_genotype(predictor: Path, capsy
     result = json.loads(capsys.readouterr().out)
     assert [row["genotype"] for row in result["predictions"]] == ["nasnet-a", "lite"]
     assert all(row["predicted_ms"] > 0 for row in result["predictions"])
-    assert result["target"] == {"target_variant": TARGET, "image_size": SIZE, "num_classes": 10}
+    assert result["target"] == {"target_variant": TARGET, "image_size": SIZE, "num_classes": 10, "blocks": 5}
 
 
 @pytest.mark.parametrize(
@@ -106,3 +106,34 @@ def test_a_bad_predictor_file_is_one_line(tmp_path: Path, capsys) -> None:
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and not (tmp_path / "r").exists()
+
+
+def test_cells_of_another_size_are_refused(predictor: Path, tmp_path: Path, capsys) -> None:
+    argv = [
+        *SEARCH,
+        "--trials",
+        "1",
+        "--blocks",
+        "2",
+        "--latency-predictor",
+        str(predictor),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert run_main(argv) == 2
+    assert "cells of 5 blocks, not 2" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_predictor_from_another_device_is_not_checked_against_this_host(
+    predictor: Path, tmp_path: Path, capsys
+) -> None:
+    data = json.loads(predictor.read_text())
+    data["device"]["cpu"] = "Jetson Orin (ARM Cortex-A78AE)"
+    elsewhere = tmp_path / "orin.json"
+    elsewhere.write_text(json.dumps(data))
+    run = tmp_path / "run"
+    assert run_main([*SEARCH, "--trials", "2", "--latency-predictor", str(elsewhere), "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "not measured here (the predictor was profiled on Jetson Orin" in out and "WARNING" not in out
+    check = json.loads((run / GENOTYPE_NAME).read_text())["metadata"]["search"]["latency_check"]
+    assert len(check) == 1 and "skipped" in check[0]

@@ -277,11 +277,11 @@ class PredictedMeter:
             class count (one line).
     """
 
-    def __init__(self, predictor: Any, settings: LatencySettings):
+    def __init__(self, predictor: Any, settings: LatencySettings, blocks: int | None = None):
         from search.space.scale import parse_scale
 
         scale = parse_scale(settings.scale, settings.image_size)
-        predictor.check_target(settings.scale, scale.image_size, settings.num_classes)
+        predictor.check_target(settings.scale, scale.image_size, settings.num_classes, blocks)
         self.predictor = predictor
         self.settings = settings
         self.image_size = scale.image_size
@@ -292,6 +292,9 @@ class PredictedMeter:
         if key not in self._costs:
             start = time.perf_counter()
             latency = self.predictor.predict(genotype)
+            if not math.isfinite(latency) or latency <= 0:
+                raise MeasurementError(f"the latency predictor gives {latency:.3g} ms for this genotype: "
+                                       "it lies outside what the predictor was fitted on")
             _, macs, params = build_deployment_model(genotype, self.settings.scale, self.settings.num_classes,
                                                      self.image_size)
             self._costs[key] = DeploymentCost(latency, macs, params, time.perf_counter() - start,

@@ -41,6 +41,8 @@ PREDICTOR_VERSION = 1
 MEASUREMENTS_FORMAT = "nasdeploy-latency-measurements"
 MODEL_KINDS = ("table", "boosted")
 HOLDOUT_FRACTION = 0.25
+MIN_TRAIN = 6
+"""Fewest measured models a predictor is fitted on (after the held-out share)."""
 _STRUCTURE = (
     "preprocess_macs",
     "preprocess_elems",
@@ -148,6 +150,7 @@ class Target:
     image_size: int
     num_classes: int
     device: dict[str, Any]
+    blocks: int = 5
 
     def scale(self) -> Scale:
         return parse_scale(self.variant, self.image_size)
@@ -177,7 +180,11 @@ def load_measurements(path: str | os.PathLike[str]) -> Measurements:
         raise PredictorError(f"{source}: missing 'panel' or 'device'")
     try:
         target = Target(
-            str(panel["target_variant"]), int(panel["image_size"]), int(panel["num_classes"]), device
+            str(panel["target_variant"]),
+            int(panel["image_size"]),
+            int(panel["num_classes"]),
+            device,
+            int(panel.get("blocks", 5)),
         )
         target.scale()
     except (KeyError, TypeError, ValueError) as exc:
@@ -237,13 +244,14 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
         from sklearn.linear_model import LinearRegression
 
         scale = _column_scale(x)
-        model = LinearRegression(positive=True).fit(x / scale, y)
+        ones = np.ones((len(x), 1))  # a non-negative constant: no negative latency for any genotype
+        model = LinearRegression(positive=True, fit_intercept=False).fit(np.hstack([x / scale, ones]), y)
         params = {
             "kind": "table",
-            "coef": (model.coef_ / scale).tolist(),
-            "intercept": float(model.intercept_),
+            "coef": (model.coef_[:-1] / scale).tolist(),
+            "intercept": float(model.coef_[-1]),
         }
-        expected = model.predict(x / scale)
+        expected = model.predict(np.hstack([x / scale, ones]))
     else:
         from sklearn.ensemble import GradientBoostingRegressor
 
@@ -316,8 +324,15 @@ class Predictor:
         x = features(genotype, self.target.scale())[None, :]
         return float(_predict(self.fitted, x)[0])
 
-    def check_target(self, variant: str, image_size: int, num_classes: int) -> None:
-        """Refuse a predictor made for another deployment model (one line)."""
+    def check_target(
+        self, variant: str, image_size: int, num_classes: int, blocks: int | None = None
+    ) -> None:
+        """Refuse a predictor made for another deployment model or search space (one line)."""
+        if blocks is not None and blocks != self.target.blocks:
+            raise PredictorError(
+                f"this latency predictor was fitted on cells of {self.target.blocks} blocks, not {blocks}: "
+                "profile a panel with --blocks as the search uses"
+            )
         want = parse_scale(variant, image_size)
         have = self.target.scale()
         if (want.notation, want.layout, want.image_size) != (
@@ -348,6 +363,7 @@ class Predictor:
                 "target_variant": self.target.variant,
                 "image_size": self.target.image_size,
                 "num_classes": self.target.num_classes,
+                "blocks": self.target.blocks,
             },
             "device": self.target.device,
             "holdout": self.holdout,
@@ -381,6 +397,7 @@ class Predictor:
                 "target_variant": self.target.variant,
                 "image_size": self.target.image_size,
                 "num_classes": self.target.num_classes,
+                "blocks": self.target.blocks,
             },
             "device": self.target.device,
             "holdout": self.holdout,
@@ -400,6 +417,11 @@ def fit_predictor(
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = max(2, int(round(holdout * len(y))))
     test, train = order[:n_test], order[n_test:]
+    if len(train) < MIN_TRAIN:
+        raise PredictorError(
+            f"{measurements.source}: {len(train)} models left to fit after holding out {n_test}; "
+            f"a predictor needs at least {MIN_TRAIN}: measure more models or lower --holdout"
+        )
     candidates = {}
     for kind in MODEL_KINDS:
         fitted = _fit(kind, x[train], y[train], seed)
@@ -423,8 +445,9 @@ def _checked_params(params: Any) -> dict[str, Any]:
     n = len(FEATURE_NAMES)
     if params["kind"] == "table":
         coef = [float(v) for v in params["coef"]]
-        if len(coef) != n or not all(map(math.isfinite, [*coef, float(params["intercept"])])):
-            raise ValueError("bad coefficients")
+        values = [*coef, float(params["intercept"])]
+        if len(coef) != n or not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError("bad coefficients (a cost table holds finite, non-negative costs)")
         return {"kind": "table", "coef": coef, "intercept": float(params["intercept"])}
     trees = []
     for tree in params["trees"]:
@@ -465,6 +488,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
             int(t["image_size"]),
             int(t["num_classes"]),
             dict(data.get("device") or {}),
+            int(t.get("blocks", 5)),
         )
         fitted = _checked_params(data["fitted"])
         _predict(fitted, np.zeros((1, len(FEATURE_NAMES))))

@@ -114,7 +114,7 @@ def mnas_reward(
 
 def is_feasible(latency_ms: float, config: RewardConfig, macs: int | None = None) -> bool:
     """Whether a child meets the latency budget (and the MAC budget when one is set)."""
-    if not (math.isfinite(latency_ms) and latency_ms <= config.latency_budget_ms):
+    if not (math.isfinite(latency_ms) and 0 < latency_ms <= config.latency_budget_ms):
         return False
     if config.macs_budget is None:
         return True

@@ -92,6 +92,7 @@ def reselect(run_dir: str | Path, latency_budget: str | None = None, macs_budget
         settings["config"] = {**settings.get("config", {}), **config.to_dict()}
         settings["reward"] = {"alpha": reward.exponents[0], "beta": reward.exponents[1], "hard": reward.hard}
         settings["selected_by"] = "search.select"
+        settings.pop("latency_check", None)  # it measured the previous winner
         ctx = ReportContext(reward.latency_budget_ms, config.dataset, reward.macs_budget, settings)
         selection = write_report(run, rescored, ctx)
     measured = [r for r in rescored

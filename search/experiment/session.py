@@ -292,7 +292,9 @@ def _evaluator(config: SearchConfig, data: Any, run_dir: Path) -> Evaluator:
         from search.evaluation.latency import PredictedMeter
         from search.evaluation.predictor import load_predictor
 
-        meter: Any = PredictedMeter(load_predictor(config.latency_predictor), latency)
+        meter: Any = PredictedMeter(load_predictor(config.latency_predictor), latency, config.blocks)
+        if predictor_device_mismatch(meter.predictor, latency) is None:
+            LatencyMeter(latency)  # the winner is re-measured here at the end: check the device now
     else:
         meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
     return Evaluator(partial(evaluate_child, data=data, settings=child), meter,
@@ -467,7 +469,8 @@ def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path
     best = write_report(run_dir, result.records, ctx)
     check: list[dict[str, Any]] = []
     if config.latency_predictor is not None and best is not None:
-        check = verify_predictions(result.records, best, _settings(config, data)[1], run_dir)
+        check = verify_predictions(result.records, best, _settings(config, data)[1], run_dir,
+                                   config.latency_predictor)
         ctx.settings["latency_check"] = check
         best = write_report(run_dir, result.records, ctx)
     return SearchResult(run_dir, best, result, config, time.perf_counter() - start, check)
@@ -479,17 +482,45 @@ PREDICTION_TOLERANCE = 0.10
 """A real latency further than this from its prediction gets a warning."""
 
 
-def verify_predictions(records: list[Any], best: Selection, latency: Any,
-                       run_dir: Path) -> list[dict[str, Any]]:
+def predictor_device_mismatch(predictor: Any, latency: Any) -> str | None:
+    """Why the winner cannot be re-measured here to check the predictor (``None``: it can).
+
+    Only a host like the profiled device (same CPU model, provider and thread count) gives
+    a comparable number; a predictor profiled on another device is checked there.
+    """
+    from search.runtime.host import cpu_model
+
+    device = predictor.target.device
+    wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(latency.device)
+    if wanted is None or device.get("provider") != wanted:
+        return (f"the predictor was profiled with {device.get('provider')}, this search times on "
+                f"{latency.device}")
+    same_threads = device.get("threads") == (latency.threads or device.get("threads"))
+    if device.get("cpu") != cpu_model() or not same_threads:
+        return (f"the predictor was profiled on {device.get('cpu')} with {device.get('threads')} thread(s), "
+                f"not on this host ({cpu_model()}, {latency.threads} thread(s))")
+    return None
+
+
+def verify_predictions(records: list[Any], best: Selection, latency: Any, run_dir: Path,
+                       predictor_path: str) -> list[dict[str, Any]]:
     """Measure the selected genotype and the next best feasible ones for real (winner first)."""
     from search.evaluation.latency import LatencyMeter
+    from search.evaluation.predictor import load_predictor
 
+    reason = predictor_device_mismatch(load_predictor(predictor_path), latency)
+    if reason is not None:
+        return [{"trial": best.record.trial, "predicted_ms": best.record.latency_ms, "skipped": reason}]
     meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
     ranked = sorted((r for r in records if r.status == "ok" and r.feasible and r.duplicate_of is None
                      and r.trial != best.record.trial), key=lambda r: -r.accuracy)
     rows = []
     for record in [best.record, *ranked[: VERIFY_TOP - 1]]:
-        cost = meter(record.to_genotype())
+        try:
+            cost = meter(record.to_genotype())
+        except NasdeployError as exc:  # the search's result stands; the check says why it is missing
+            rows.append({"trial": record.trial, "predicted_ms": record.latency_ms, "skipped": str(exc)})
+            continue
         error = (cost.latency_ms - record.latency_ms) / record.latency_ms
         rows.append({"trial": record.trial, "predicted_ms": record.latency_ms, "measured_ms": cost.latency_ms,
                      "measured_p90_ms": cost.latency_p90_ms, "error": error,
@@ -526,10 +557,14 @@ def latency_check_lines(check: list[dict[str, Any]]) -> list[str]:
     """Predicted against measured latency of the verified candidates, and a warning past 10 %."""
     lines = []
     for row in check:
+        if "skipped" in row:
+            lines.append(f"latency of trial {row['trial']}: predicted {row['predicted_ms']:.3f} ms, not "
+                         f"measured here ({row['skipped']}); measure it on the device")
+            continue
         mark = "" if row["within_tolerance"] else "  WARNING: off by more than 10 %"
         lines.append(f"latency of trial {row['trial']}: predicted {row['predicted_ms']:.3f} ms, measured "
                      f"{row['measured_ms']:.3f} ms ({row['error']:+.1%}){mark}")
-    if any(not row["within_tolerance"] for row in check):
+    if any(not row.get("within_tolerance", True) for row in check):
         lines.append("warning: the latency predictor misses by more than 10 % here; profile more models of "
                      "this target (python -m search.latency profile) and fit it again")
     return lines

@@ -69,6 +69,19 @@ class RunTarget:
         suffix = "" if self.trial is None else f"-trial{self.trial}"
         return self.run_dir / f"{TRAIN_DIR_NAME}{suffix}"
 
+    def image_size_for(self, variant: str | None) -> int | None:
+        """The input size to build ``variant`` at (``None``: the variant's or dataset's own).
+
+        The recorded size holds for the recorded variant and for another ``N@F`` when the
+        search used ``N@F`` (then it is the data's size); a named variant keeps its own size,
+        and after a named variant was searched an ``N@F`` takes the dataset's size.
+        """
+        if variant is None or variant == self.variant:
+            return self.image_size
+        named = variant.strip().lower() in VARIANTS
+        searched_named = self.variant is not None and self.variant.strip().lower() in VARIANTS
+        return None if named or searched_named else self.image_size
+
     def describe(self) -> str:
         """One line: where the genotype comes from and what the search measured."""
         from_run = self.run_dir is not None and self.trial is not None
@@ -204,7 +217,11 @@ def exported_model(folder: str | os.PathLike[str]) -> Path:
     target = resolve_run(path)
     train_dir = target.train_dir()
     if train_dir is not None and (train_dir / MODEL_ONNX_NAME).is_file():
-        return train_dir / MODEL_ONNX_NAME
+        model, checkpoint = train_dir / MODEL_ONNX_NAME, train_dir / CHECKPOINT_NAME
+        if checkpoint.is_file() and checkpoint.stat().st_mtime > model.stat().st_mtime:
+            raise NasdeployError(f"{model} is older than {checkpoint} (training went on after the export): "
+                                 f"export again with python -m export.onnx {path}")
+        return model
     step = (f"python -m export.onnx {path}" if trained_checkpoint(target) is not None
             else f"python -m search.train {path}, then python -m export.onnx {path}")
     raise NasdeployError(f"{path}: the selected trial has no exported model yet; run {step}")
