@@ -137,3 +137,28 @@ def test_a_predictor_from_another_device_is_not_checked_against_this_host(
     assert "not measured here (the predictor was profiled on Jetson Orin" in out and "WARNING" not in out
     check = json.loads((run / GENOTYPE_NAME).read_text())["metadata"]["search"]["latency_check"]
     assert len(check) == 1 and "skipped" in check[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--latency-threads", "2"], "profiled with 1 thread(s), not 2"),
+        (["--latency-device", "cuda"], "profiled on cpu"),
+    ],
+)
+def test_a_predictor_for_another_device_kind_or_thread_count_is_refused(
+    predictor: Path, tmp_path: Path, extra: list[str], message: str, capsys
+) -> None:
+    argv = [
+        *SEARCH,
+        "--trials",
+        "1",
+        "--latency-predictor",
+        str(predictor),
+        "--out",
+        str(tmp_path / "run"),
+        *extra,
+    ]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not (tmp_path / "run").exists()

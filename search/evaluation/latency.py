@@ -282,6 +282,7 @@ class PredictedMeter:
 
         scale = parse_scale(settings.scale, settings.image_size)
         predictor.check_target(settings.scale, scale.image_size, settings.num_classes, blocks)
+        predictor.check_device(settings.device, settings.threads)
         self.predictor = predictor
         self.settings = settings
         self.image_size = scale.image_size

@@ -347,6 +347,33 @@ class Predictor:
                 "profile a panel of the target you search for (python -m search.latency profile)"
             )
 
+    def device_kind(self) -> str:
+        """``cpu``, ``cuda`` or ``tensorrt``: the ``--latency-device`` this predictor stands for."""
+        d = self.target.device
+        if d.get("runtime") == "tensorrt" or d.get("provider") == "TensorrtExecutionProvider":
+            return "tensorrt"
+        return "cuda" if d.get("provider") == "CUDAExecutionProvider" else "cpu"
+
+    def check_device(self, device: str, threads: int | None) -> None:
+        """Refuse a predictor profiled on another kind of device or thread count (one line).
+
+        The search's ``--latency-device`` and ``--latency-threads`` describe the target; the
+        predictor must have been profiled that way (on the device itself, which may be
+        another machine).
+        """
+        kind = self.device_kind()
+        if kind != device:
+            raise PredictorError(
+                f"this latency predictor was profiled on {kind} ({self.device_text()}), not {device}: search "
+                f"with --latency-device {kind}, or profile the target with its own device"
+            )
+        profiled = self.target.device.get("threads")
+        if kind != "tensorrt" and profiled is not None and threads is not None and profiled != threads:
+            raise PredictorError(
+                f"this latency predictor was profiled with {profiled} thread(s), not {threads}: search with "
+                f"--latency-threads {profiled}, or profile with --threads {threads}"
+            )
+
     def device_text(self) -> str:
         d = self.target.device
         threads = f", {d['threads']} thread(s)" if d.get("threads") else ""
