@@ -382,16 +382,20 @@ class Predictor:
             f"{d.get('provider', '?')}{threads}, {d.get('precision', '?')})"
         )
 
+    def target_dict(self) -> dict[str, Any]:
+        """The target as stored in the predictor file and reported by ``--json``."""
+        return {
+            "target_variant": self.target.variant,
+            "image_size": self.target.image_size,
+            "num_classes": self.target.num_classes,
+            "blocks": self.target.blocks,
+        }
+
     def summary(self) -> dict[str, Any]:
         """What ``--json`` reports: target, device, chosen model and held-out figures."""
         return {
             "model": self.kind,
-            "target": {
-                "target_variant": self.target.variant,
-                "image_size": self.target.image_size,
-                "num_classes": self.target.num_classes,
-                "blocks": self.target.blocks,
-            },
+            "target": self.target_dict(),
             "device": self.target.device,
             "holdout": self.holdout,
             "candidates": self.candidates,
@@ -420,12 +424,7 @@ class Predictor:
             "format": PREDICTOR_FORMAT,
             "version": PREDICTOR_VERSION,
             "model": self.kind,
-            "target": {
-                "target_variant": self.target.variant,
-                "image_size": self.target.image_size,
-                "num_classes": self.target.num_classes,
-                "blocks": self.target.blocks,
-            },
+            "target": self.target_dict(),
             "device": self.target.device,
             "holdout": self.holdout,
             "candidates": self.candidates,
