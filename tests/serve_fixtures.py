@@ -7,12 +7,16 @@ convolutional classifier with ``onnx.helper`` alone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -216,3 +220,32 @@ def sample_images(count: int = 3, size: tuple[int, int] = (24, 20)) -> list[Imag
         pixels = ((base + cast) // 2).astype(np.uint8)
         images.append(Image.fromarray(pixels))
     return images
+
+
+@contextlib.contextmanager
+def running_server(app: Any) -> Iterator[str]:
+    """uvicorn serving ``app`` in a thread on a free 127.0.0.1 port; yields the base URL.
+
+    Waits (at most 20 s) until the server listens, and stops it and its thread afterwards.
+    """
+    import uvicorn
+
+    from serve.http import bind
+
+    sock = bind("127.0.0.1", 0)
+    config = uvicorn.Config(app, log_level="critical", access_log=False, limit_concurrency=64)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started, "server did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+    assert not thread.is_alive()
+

@@ -17,7 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -28,10 +27,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import uvicorn
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from serve_fixtures import CLASS_NAMES, IMAGE_SIZE, make_onnx_classifier, png_bytes, sample_images
+from serve_fixtures import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    make_onnx_classifier,
+    png_bytes,
+    running_server,
+    sample_images,
+)
 
 from export import onnx as export_cli
 from export import tensorrt as tensorrt_cli
@@ -44,7 +49,7 @@ from search.space.card import MAX_BATCH, MAX_IMAGE_SIZE, CardError, ModelCard
 from search.space.genotype import REFERENCE_GENOTYPES
 from serve import bench, http, predict
 from serve.errors import ServeError
-from serve.http import bind, create_app
+from serve.http import create_app
 from serve.metadata import read_sidecar_card
 from serve.runtime import load_runtime
 
@@ -477,18 +482,8 @@ def server(tmp_path_factory) -> Iterator[str]:
     """uvicorn on a free port serving :func:`_nan_for_dark_images`, with the default pixel limit."""
     path = _nan_for_dark_images(tmp_path_factory.mktemp("hostile-http") / "model.onnx")
     app = create_app(load_runtime(path), max_bytes=1024 * 1024, top_k=3)
-    sock = bind("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", access_log=False, limit_concurrency=64))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
+    with running_server(app) as url:
+        yield url
 
 
 def test_a_png_of_1x49_million_pixels_gets_413_at_once(server):

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,9 +16,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
-from serve_fixtures import build_tiny_model, export_tiny, png_bytes, sample_images, torch_probs
+from serve_fixtures import (
+    build_tiny_model,
+    export_tiny,
+    png_bytes,
+    running_server,
+    sample_images,
+    torch_probs,
+)
 
 from serve.http import bind, create_app
 from serve.preprocess import preprocess
@@ -43,20 +48,8 @@ def runtime(tiny):
 def server(runtime):
     """uvicorn in a thread on a free port; yields the base URL and stops it afterwards."""
     app = create_app(runtime, max_bytes=MAX_BYTES, top_k=5, max_pixels=MAX_PIXELS)
-    sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(app, log_level="critical", access_log=False, limit_concurrency=64)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
-    assert not thread.is_alive()
+    with running_server(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
