@@ -232,3 +232,35 @@ def _file_kind(mode: int) -> str:
 
 def _mib(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MiB" if size >= 1024 * 1024 else f"{size} bytes"
+
+
+# --- checking a JSON object against a dataclass's field annotations -------------------------
+
+_ANNOTATION_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "None": (type(None),),
+    "list": (list,), "dict": (dict,)}
+_ANNOTATION_WORDS = {"str": "a string", "int": "a whole number", "float": "a number",
+                     "bool": "true or false", "None": "null", "list": "a list", "dict": "an object"}
+
+
+def _annotation_kinds(annotation: str) -> list[str]:
+    return [part.strip().split("[")[0] for part in annotation.split("|")]
+
+
+def fits_annotation(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated ``"float | None"``, ``"dict[str, Any]"``...
+
+    ``true``/``false`` fit only ``bool`` (not ``int``); an integer fits ``float``.
+    """
+    for kind in _annotation_kinds(annotation):
+        if isinstance(value, bool) and kind != "bool":
+            continue
+        if isinstance(value, _ANNOTATION_TYPES.get(kind, ())):
+            return True
+    return False
+
+
+def annotation_words(annotation: str) -> str:
+    """``"a number or null"`` for ``"float | None"``: what a field takes, for messages."""
+    return " or ".join(_ANNOTATION_WORDS.get(kind, kind) for kind in _annotation_kinds(annotation))
+

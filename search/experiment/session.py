@@ -24,7 +24,7 @@ from typing import Any
 
 from search.core.atomic import atomic_write_text, unique_path
 from search.core.errors import NasdeployError, one_line
-from search.core.jsonio import read_json
+from search.core.jsonio import annotation_words, fits_annotation, read_json
 from search.core.rundir import (
     CONFIG_NAME,
     CONTROLLER_NAME,
@@ -210,35 +210,10 @@ class SearchConfig:
             shown = ", ".join(str(name)[:40] for name in sorted(unknown)[:5]) or "latency_budget"
             raise NasdeployError(f"{source} has unknown or missing settings ({shown})")
         for f in dataclasses.fields(cls):
-            if f.name in data and not _has_type(data[f.name], str(f.type)):
-                raise NasdeployError(f"{source}: setting {f.name!r} must be {_type_words(str(f.type))}, "
+            if f.name in data and not fits_annotation(data[f.name], str(f.type)):
+                raise NasdeployError(f"{source}: setting {f.name!r} must be {annotation_words(str(f.type))}, "
                                      f"got {data[f.name]!r}"[:200])
         return cls(**data)
-
-
-_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float),
-                                       "bool": (bool,), "None": (type(None),), "list": (list,),
-                                       "dict": (dict,)}
-_TYPE_WORDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
-               "None": "null", "list": "a list", "dict": "an object"}
-
-
-def _kinds(annotation: str) -> list[str]:
-    return [part.strip().split("[")[0] for part in annotation.split("|")]
-
-
-def _has_type(value: Any, annotation: str) -> bool:
-    """Whether a JSON value fits a field annotated ``str | None``, ``int``, ``list[str]``..."""
-    for name in _kinds(annotation):
-        if isinstance(value, bool) and name != "bool":
-            continue
-        if isinstance(value, _TYPES.get(name, ())):
-            return True
-    return False
-
-
-def _type_words(annotation: str) -> str:
-    return " or ".join(_TYPE_WORDS.get(kind, kind) for kind in _kinds(annotation))
 
 
 @dataclass

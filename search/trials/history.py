@@ -16,7 +16,7 @@ from typing import Any
 
 from search.core.atomic import append_line
 from search.core.errors import NasdeployError
-from search.core.jsonio import JsonError, loads_json, read_limited
+from search.core.jsonio import JsonError, annotation_words, fits_annotation, loads_json, read_limited
 from search.space.genotype import Genotype
 
 HISTORY_MAX_BYTES = 256 * 1024 * 1024
@@ -73,36 +73,12 @@ class TrialRecord:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise ValueError(f"missing field(s) {', '.join(missing[:3])}{more}")
         for f in fields(cls):
-            if f.name in data and not _fits(data[f.name], str(f.type)):
+            if f.name in data and not fits_annotation(data[f.name], str(f.type)):
                 shown = repr(data[f.name])
                 shown = shown if len(shown) <= 40 else shown[:37] + "..."
-                raise ValueError(f"field {f.name!r} must be {_words(str(f.type))}, got {shown}")
+                raise ValueError(f"field {f.name!r} must be {annotation_words(str(f.type))}, got {shown}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,),
-                                       "bool": (bool,), "None": (type(None),), "dict": (dict,)}
-_WORDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
-          "None": "null", "dict": "an object"}
-
-
-def _kinds(annotation: str) -> list[str]:
-    return [part.strip().split("[")[0] for part in annotation.split("|")]
-
-
-def _fits(value: Any, annotation: str) -> bool:
-    """Whether a JSON value fits a field annotated ``float | None``, ``dict[str, Any]``..."""
-    for kind in _kinds(annotation):
-        if isinstance(value, bool) and kind != "bool":
-            continue
-        if isinstance(value, _KINDS.get(kind, ())):
-            return True
-    return False
-
-
-def _words(annotation: str) -> str:
-    return " or ".join(_WORDS.get(kind, kind) for kind in _kinds(annotation))
 
 
 def utc_now() -> str:
