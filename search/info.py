@@ -32,7 +32,6 @@ class InfoConfig:
     variant: str | None = None
     image_size: int | None = None
     num_classes: int | None = None
-    as_json: bool = False
     draw: str | None = None
     trial: int | None = None
 
@@ -207,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m search.info``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    config = InfoConfig(args.genotype, args.variant, args.image_size, args.num_classes,
-                        args.json is not None, args.draw, args.trial)
+    config = InfoConfig(args.genotype, args.variant, args.image_size, args.num_classes, args.draw,
+                        args.trial)
     try:
         info = inspect_genotype(config)
         if cli.emit_json(args.json, info.to_dict()):

@@ -13,13 +13,12 @@ import numpy as np
 
 from search.core.errors import NasdeployError
 from search.runtime import sessions
-from search.runtime.sessions import PROVIDER_PRIORITY, SessionSettings
+from search.runtime.sessions import SessionSettings
 from search.space.card import CardError, ModelCard
 from serve.errors import ServeError
 from serve.metadata import from_props
 from serve.runtime import Runtime, softmax
 
-GPU_PROVIDERS = PROVIDER_PRIORITY[:2]
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 

@@ -47,9 +47,6 @@ class BudgetError(NasdeployError, ValueError):
     """A quantity that cannot be parsed (a ``NasdeployError`` and a ``ValueError``)."""
 
 
-UnitError = BudgetError
-"""The same error under the name that fits flags that are not budgets."""
-
 
 def _show(text: str) -> str:
     """``text`` quoted for a message, shortened to 40 characters."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import shlex
 import shutil
@@ -35,7 +34,7 @@ from search.core.rundir import (
     STUDY_DB_NAME,
 )
 from search.core.units import parse_count, parse_duration, parse_latency
-from search.evaluation.reward import MIN_WEIGHT, RewardConfig
+from search.evaluation.reward import RewardConfig
 from search.experiment.loop import Evaluator, LoopResult, run_loop
 from search.experiment.report import ReportContext, describe_target, write_report
 from search.space.searchspace import SearchSpace
@@ -111,11 +110,7 @@ class SearchConfig:
 
     def validate(self) -> None:
         """Check every setting; raise :class:`NasdeployError` with one line."""
-        weight = self.latency_weight
-        if weight is not None and not (math.isfinite(weight) and MIN_WEIGHT <= weight <= 0):
-            raise NasdeployError(f"--latency-weight: latency weights must be <= 0 and >= {MIN_WEIGHT:g} "
-                                 f"(e.g. -0.07), got {weight}")
-        self.reward_config()
+        self.reward_config()  # budgets and latency weights, checked where the reward uses them
         if self.time_budget is not None:
             parse_duration(self.time_budget)
         if self.strategy not in available_strategies():
