@@ -45,7 +45,7 @@ from search.strategies.base import (
     create_strategy,
 )
 from search.trials.history import read_history
-from search.trials.selection import Selection
+from search.trials.selection import Selection, select_best
 
 DEFAULT_TRIALS = 100
 CONFIG_MAX_BYTES = 1024 * 1024  # config.json holds a few dozen settings
@@ -436,13 +436,13 @@ def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path
         raise
     finally:
         strategy.close()
-    best = write_report(run_dir, result.records, ctx)
     check: list[dict[str, Any]] = []
-    if config.latency_predictor is not None and best is not None:
-        check = verify_predictions(result.records, best, _settings(config, data)[1], run_dir,
-                                   config.latency_predictor)
+    winner = select_best(result.records) if config.latency_predictor is not None else None
+    if winner is not None:  # measure it for real before the report records both numbers
+        check = verify_predictions(result.records, winner, _settings(config, data)[1], run_dir,
+                                   evaluator.cost_fn.predictor)
         ctx.settings["latency_check"] = check
-        best = write_report(run_dir, result.records, ctx)
+    best = write_report(run_dir, result.records, ctx)
     return SearchResult(run_dir, best, result, config, time.perf_counter() - start, check)
 
 
@@ -473,12 +473,10 @@ def predictor_device_mismatch(predictor: Any, latency: Any) -> str | None:
 
 
 def verify_predictions(records: list[Any], best: Selection, latency: Any, run_dir: Path,
-                       predictor_path: str) -> list[dict[str, Any]]:
+                       predictor: Any) -> list[dict[str, Any]]:
     """Measure the selected genotype and the next best feasible ones for real (winner first)."""
     from search.evaluation.latency import LatencyMeter
-    from search.evaluation.predictor import load_predictor
-
-    reason = predictor_device_mismatch(load_predictor(predictor_path), latency)
+    reason = predictor_device_mismatch(predictor, latency)
     if reason is not None:
         return [{"trial": best.record.trial, "predicted_ms": best.record.latency_ms, "skipped": reason}]
     meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
