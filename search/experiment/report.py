@@ -30,6 +30,7 @@ from search.core.rundir import (
 )
 from search.space.genotype import save_genotype
 from search.space.scale import parse_scale
+from search.strategies.base import Strategy, strategy_metrics
 from search.trials.history import TrialRecord
 from search.trials.selection import Selection, measured, pareto_front, select_best
 
@@ -72,8 +73,8 @@ LABEL_ALL_MAX = 40
 """Up to this many drawn candidates every point carries its trial number; above it only
 the Pareto front and the selected one do (the legend says so)."""
 
-NON_REWARD_STRATEGIES = {"nsga2": "accuracy and latency"}
-"""Strategies that do not optimise the MnasNet reward (what they optimise): no reward plot."""
+REWARD_METRICS = Strategy.metric_names
+"""A strategy optimising anything else (NSGA-II: accuracy and latency) gets no reward plot."""
 
 _FONT_PT = 7.0
 _GAP_PT = 2.0
@@ -445,9 +446,10 @@ def _cells_markdown(record: TrialRecord) -> list[str]:
 def _plots_note(records: Sequence[TrialRecord], ctx: ReportContext) -> str:
     strategy = run_strategy(records, ctx)
     note = f"{PARETO_PNG_NAME} (accuracy vs latency)"
-    if strategy in NON_REWARD_STRATEGIES:
+    metrics = strategy_metrics(strategy)
+    if metrics != REWARD_METRICS:
         return (f"{note}; no {REWARD_PNG_NAME}: {strategy} optimises "
-                f"{NON_REWARD_STRATEGIES[strategy]}, not the MnasNet reward")
+                f"{' and '.join(metrics)}, not the MnasNet reward")
     return f"{note}, {REWARD_PNG_NAME} (MnasNet reward per trial)"
 
 
@@ -497,7 +499,7 @@ def write_report(run_dir: str | Path, records: Sequence[TrialRecord],
         save_genotype(best.record.to_genotype(), out / GENOTYPE_NAME, best_metadata(best, ctx))
     write_pareto_json(out / PARETO_JSON_NAME, records, ctx)
     plot_pareto(out / PARETO_PNG_NAME, records, ctx, best)
-    if run_strategy(records, ctx) in NON_REWARD_STRATEGIES:
+    if strategy_metrics(run_strategy(records, ctx)) != REWARD_METRICS:
         (out / REWARD_PNG_NAME).unlink(missing_ok=True)
     else:
         plot_rewards(out / REWARD_PNG_NAME, records, ctx, best)

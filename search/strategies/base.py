@@ -103,6 +103,8 @@ class Strategy(ABC):
     """Propose genotypes and learn from their outcomes."""
 
     name: ClassVar[str] = ""
+    metric_names: ClassVar[tuple[str, ...]] = ("reward",)
+    """What the strategy optimises: the MnasNet reward, unless a strategy says otherwise."""
 
     def __init__(self, config: StrategyConfig):
         self.config = config
@@ -147,6 +149,13 @@ def available_strategies() -> tuple[str, ...]:
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
     return tuple(STRATEGIES)
+
+
+def strategy_metrics(name: str) -> tuple[str, ...]:
+    """The objectives strategy ``name`` optimises (``("reward",)`` for an unknown name)."""
+    available_strategies()
+    factory = STRATEGIES.get(name)
+    return tuple(getattr(factory, "metric_names", Strategy.metric_names))
 
 
 def create_strategy(name: str, config: StrategyConfig) -> Strategy:

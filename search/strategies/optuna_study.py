@@ -81,7 +81,6 @@ class OptunaStrategy(Strategy):
     """Ask/tell wrapper around an Optuna study."""
 
     directions: tuple[str, ...] = ("maximize",)
-    metric_names: tuple[str, ...] = ("reward",)
 
     def __init__(self, config: StrategyConfig):
         super().__init__(config)
