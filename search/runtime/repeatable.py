@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from search.runtime.timing import PERCENTILE_METHOD, Measurement, measure
+from search.runtime.timing import Measurement, measure
 
 SPREAD_LIMIT = 0.25
 """Largest (p90 - p10) / median accepted without timing the model again."""
@@ -57,17 +57,9 @@ class RepeatableMeasurement:
         return self.measurement.stats.count
 
 
-def percentiles(m: Measurement) -> tuple[float, float]:
-    """p10 and p90 of a measurement's samples."""
-    p10, p90 = np.percentile(np.asarray(m.samples_ms, dtype=np.float64), [10, 90],
-                             method=PERCENTILE_METHOD)
-    return float(p10), float(p90)
-
-
 def relative_spread(m: Measurement) -> float:
     """``(p90 - p10) / median`` (``inf`` for a zero median)."""
-    p10, p90 = percentiles(m)
-    median = m.stats.median_ms
+    p10, p90, median = m.stats.p10_ms, m.stats.p90_ms, m.stats.median_ms
     return (p90 - p10) / median if median > 0 else math.inf
 
 
@@ -91,8 +83,7 @@ def measure_repeatable(fn: Callable[[], Any], *, warmup: int, repeats: int | Non
         if best[0] <= spread_limit or attempts > retries:
             break
     spread, kept = best
-    p10, p90 = percentiles(kept)
-    return RepeatableMeasurement(kept, p10, p90, spread, attempts, spread_limit)
+    return RepeatableMeasurement(kept, kept.stats.p10_ms, kept.stats.p90_ms, spread, attempts, spread_limit)
 
 
 def random_feed(session: Any, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

@@ -28,6 +28,7 @@ class LatencyStats:
     count: int
     median_ms: float
     mean_ms: float
+    p10_ms: float
     p90_ms: float
     p99_ms: float
     min_ms: float
@@ -36,7 +37,7 @@ class LatencyStats:
 
 
 def summarize(samples_ms: Sequence[float]) -> LatencyStats:
-    """Median, mean, p90, p99, min, max and std of ``samples_ms``.
+    """Median, mean, p10, p90, p99, min, max and std of ``samples_ms``.
 
     Raises:
         ValueError: no samples.
@@ -44,9 +45,9 @@ def summarize(samples_ms: Sequence[float]) -> LatencyStats:
     ms = np.asarray(samples_ms, dtype=np.float64)
     if ms.size == 0:
         raise ValueError("no latency samples to summarize")
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99], method=PERCENTILE_METHOD)
+    p10, p50, p90, p99 = np.percentile(ms, [10, 50, 90, 99], method=PERCENTILE_METHOD)
     return LatencyStats(count=int(ms.size), median_ms=float(p50), mean_ms=float(ms.mean()),
-                        p90_ms=float(p90), p99_ms=float(p99), min_ms=float(ms.min()),
+                        p10_ms=float(p10), p90_ms=float(p90), p99_ms=float(p99), min_ms=float(ms.min()),
                         max_ms=float(ms.max()), std_ms=float(ms.std()))
 
 
