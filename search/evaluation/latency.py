@@ -34,13 +34,7 @@ from search.core.atomic import append_line
 from search.core.errors import MeasurementError, NasdeployError, one_line
 from search.core.jsonio import loads_json, read_limited
 from search.runtime.host import cpu_model, onnxruntime_version, package_version
-from search.runtime.repeatable import (
-    RETRIES,
-    SPREAD_LIMIT,
-    RepeatableMeasurement,
-    measure_repeatable,
-    random_feed,
-)
+from search.runtime.repeatable import RETRIES, SPREAD_LIMIT, RepeatableMeasurement, time_onnx_model
 from search.runtime.sessions import (
     SessionSettings,
     create_session,
@@ -234,13 +228,9 @@ class LatencyMeter:
             return time_onnx_tensorrt(path, cache=self._trt_cache, warmup=s.warmup, repeats=s.repeats,
                                       max_time_s=s.max_time_s, spread_limit=s.spread_limit,
                                       retries=s.retries, workdir=workdir).timing
-        settings = SessionSettings(device=s.device, threads=s.threads)
-        session = create_session(path, settings)
-        feed = random_feed(session)
-        return measure_repeatable(lambda: session.run(None, feed), warmup=s.warmup, repeats=s.repeats,
-                                  max_time_s=s.max_time_s, spread_limit=s.spread_limit,
-                                  retries=s.retries, provider=session_provider(session),
-                                  threads=settings.intra_op_threads, batch_size=1)
+        return time_onnx_model(path, device=s.device, threads=s.threads, warmup=s.warmup,
+                               repeats=s.repeats, max_time_s=s.max_time_s, spread_limit=s.spread_limit,
+                               retries=s.retries)
 
     def _read_cache(self) -> dict[str, DeploymentCost]:
         cache: dict[str, DeploymentCost] = {}
