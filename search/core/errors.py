@@ -19,6 +19,18 @@ class MeasurementError(NasdeployError):
     """
 
 
+def shorten(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about hostile values.
+
+    A huge integer is described by its length (``a 5001-digit number``): its repr could not
+    even be built past Python's conversion limit.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
+        return f"a {len(str(abs(value)))}-digit number"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message``, shortened to ``limit`` characters."""
     text = str(exc).strip().splitlines()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from search.core.atomic import atomic_write_text
-from search.core.errors import NasdeployError
+from search.core.errors import NasdeployError, shorten
 from search.core.jsonio import JsonError, loads_json, read_json
 from search.space.opnames import COMBINES, OP_NAMES
 
@@ -103,17 +103,9 @@ def _fail(where: str, message: str) -> GenotypeError:
     return GenotypeError(f"invalid genotype: {where}: {message}")
 
 
-def _short(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for messages about hostile values."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
-        return f"a {len(str(abs(value)))}-digit number"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _unknown(fields: set[Any]) -> str:
     names = sorted(str(f) for f in fields)
-    shown = ", ".join(_short(n, 30).strip("'\"") for n in names[:5])
+    shown = ", ".join(shorten(n, 30).strip("'\"") for n in names[:5])
     return f"unknown field(s) {shown}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
@@ -139,16 +131,16 @@ def _parse_block(data: Any, where: str, num_inputs: int) -> Block:
         if not 0 <= index < num_inputs:
             raise _fail(
                 f"{where}.inputs[{j}]",
-                f"index {_short(index)} out of range; this block may use 0..{num_inputs - 1}",
+                f"index {shorten(index)} out of range; this block may use 0..{num_inputs - 1}",
             )
     for j, op in enumerate(data["ops"]):
         _expect(op, str, f"{where}.ops[{j}]", "an op name")
         if op not in OP_NAMES:
-            raise _fail(f"{where}.ops[{j}]", f"unknown op {_short(op)}; choose from {', '.join(OP_NAMES)}")
+            raise _fail(f"{where}.ops[{j}]", f"unknown op {shorten(op)}; choose from {', '.join(OP_NAMES)}")
     combine = _expect(data.get("combine", "add"), str, f"{where}.combine", "a string")
     if combine not in COMBINES:
         raise _fail(f"{where}.combine",
-                    f"unknown combine {_short(combine)}; choose from {', '.join(COMBINES)}")
+                    f"unknown combine {shorten(combine)}; choose from {', '.join(COMBINES)}")
     return Block(tuple(data["inputs"]), tuple(data["ops"]), combine)  # type: ignore[arg-type]
 
 
@@ -172,7 +164,7 @@ def _parse_cell(data: Any, where: str) -> Cell:
             _expect(index, int, f"{where}.concat[{j}]", "an integer")
             if not 0 <= index < len(parsed) + 2:
                 raise _fail(f"{where}.concat[{j}]",
-                            f"index {_short(index)} out of range 0..{len(parsed) + 1}")
+                            f"index {shorten(index)} out of range 0..{len(parsed) + 1}")
         if len(set(concat)) != len(concat):
             raise _fail(f"{where}.concat", "indices must be distinct")
         concat = tuple(concat)
@@ -183,13 +175,13 @@ def _parse_genotype(data: Any) -> Genotype:
     _expect(data, dict, "top level", "a JSON object")
     fmt = data.get("format", FORMAT_NAME)
     if fmt != FORMAT_NAME:
-        raise _fail("format", f"expected {FORMAT_NAME!r}, got {_short(fmt)}")
+        raise _fail("format", f"expected {FORMAT_NAME!r}, got {shorten(fmt)}")
     if "version" not in data:
         raise _fail("version", f"missing; this nasdeploy reads version {FORMAT_VERSION}")
     version = data["version"]
     if version != FORMAT_VERSION:
         raise _fail("version",
-                    f"unsupported version {_short(version)}; this nasdeploy reads {FORMAT_VERSION}")
+                    f"unsupported version {shorten(version)}; this nasdeploy reads {FORMAT_VERSION}")
     unknown = set(data) - {"format", "version", "normal", "reduce", "metadata", "name"}
     if unknown:
         raise _fail("top level", _unknown(unknown))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from search.core.atomic import append_line
-from search.core.errors import NasdeployError
+from search.core.errors import NasdeployError, shorten
 from search.core.jsonio import JsonError, annotation_words, fits_annotation, loads_json, read_limited
 from search.space.genotype import Genotype
 
@@ -74,9 +74,8 @@ class TrialRecord:
             raise ValueError(f"missing field(s) {', '.join(missing[:3])}{more}")
         for f in fields(cls):
             if f.name in data and not fits_annotation(data[f.name], str(f.type)):
-                shown = repr(data[f.name])
-                shown = shown if len(shown) <= 40 else shown[:37] + "..."
-                raise ValueError(f"field {f.name!r} must be {annotation_words(str(f.type))}, got {shown}")
+                raise ValueError(f"field {f.name!r} must be {annotation_words(str(f.type))}, "
+                                 f"got {shorten(data[f.name])}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
