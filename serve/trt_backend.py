@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from search.core.rundir import sidecar_path
-from search.runtime.tensorrt import import_cudart
+from search.runtime.tensorrt import cuda_check, gpu_count, import_cudart
 from search.space.card import CardError, ModelCard
 from serve.errors import ServeError
 from serve.metadata import read_sidecar_card
@@ -39,7 +39,7 @@ def missing_dependencies() -> list[str]:
     except ImportError:
         missing.append("CUDA bindings (`cuda-python`)")
         return missing
-    if _device_count(cudart) < 1:
+    if gpu_count(cudart) < 1:
         missing.append("an NVIDIA GPU visible to CUDA")
     return missing
 
@@ -191,20 +191,9 @@ class TrtRuntime(Runtime):
 
 
 
-def _device_count(cudart: ModuleType) -> int:
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-    except Exception:
-        return 0
-    return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
-
-
 def _check(cudart: ModuleType, result: Any, what: str) -> Any:
-    """Unpack a cuda-python ``(err, value...)`` tuple, raising ServeError on failure."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise ServeError(f"CUDA error during {what}: {getattr(err, 'name', err)}")
-    return values[0] if len(values) == 1 else (tuple(values) or None)
+    """:func:`search.runtime.tensorrt.cuda_check` raising :class:`ServeError` (a 4xx, not a 500)."""
+    return cuda_check(cudart, result, what, ServeError)
 
 
 def _nptype(trt: ModuleType, dtype: Any) -> type:

@@ -59,12 +59,7 @@ def missing_requirement() -> str | None:
         cudart = import_cudart()
     except ImportError:
         return f"TensorRT latency needs the CUDA bindings (`cuda-python`): {INSTALL_HINT}"
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-        count = int(count) if err == cudart.cudaError_t.cudaSuccess else 0
-    except Exception:
-        count = 0
-    if count < 1:
+    if gpu_count(cudart) < 1:
         return f"TensorRT {trt.__version__} is installed but no NVIDIA GPU is visible to CUDA: {INSTALL_HINT}"
     return None
 
@@ -214,10 +209,21 @@ def build_engine(onnx_path: str | os.PathLike[str], cache: TimingCache | None = 
     return bytes(serialized)
 
 
-def _check(cudart: ModuleType, result: Any, what: str) -> Any:
+def gpu_count(cudart: ModuleType) -> int:
+    """GPUs visible to CUDA (0 when the driver cannot tell)."""
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+    except Exception:
+        return 0
+    return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
+
+
+def cuda_check(cudart: ModuleType, result: Any, what: str,
+               error: type[NasdeployError] = NasdeployError) -> Any:
+    """Unpack a cuda-python ``(err, value...)`` result, raising ``error`` on a CUDA failure."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
-        raise NasdeployError(f"CUDA error during {what}: {getattr(err, 'name', err)}")
+        raise error(f"CUDA error during {what}: {getattr(err, 'name', err)}")
     return values[0] if len(values) == 1 else (tuple(values) or None)
 
 
@@ -235,7 +241,7 @@ class EngineRunner:
         if self.engine is None:
             raise NasdeployError(f"TensorRT {trt.__version__} cannot deserialize the engine it built")
         self.context = self.engine.create_execution_context()
-        self._stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._pointers: list[int] = []
         self._inputs: list[tuple[int, np.ndarray]] = []
         self._outputs: list[tuple[int, np.ndarray]] = []
@@ -247,7 +253,7 @@ class EngineRunner:
                 raise NasdeployError(f"engine tensor {name} has a dynamic shape {shape}; export batch 1")
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             host = np.ascontiguousarray(rng.standard_normal(shape).astype(dtype))
-            pointer = int(_check(cudart, cudart.cudaMalloc(max(host.nbytes, 1)), "cudaMalloc"))
+            pointer = int(cuda_check(cudart, cudart.cudaMalloc(max(host.nbytes, 1)), "cudaMalloc"))
             self._pointers.append(pointer)
             self.context.set_tensor_address(name, pointer)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
@@ -258,14 +264,14 @@ class EngineRunner:
         cudart = self._cudart
         kind = cudart.cudaMemcpyKind
         for pointer, host in self._inputs:
-            _check(cudart, cudart.cudaMemcpyAsync(pointer, host.ctypes.data, host.nbytes,
+            cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, host.ctypes.data, host.nbytes,
                                                   kind.cudaMemcpyHostToDevice, self._stream), "copy in")
         if not self.context.execute_async_v3(int(self._stream)):
             raise NasdeployError("TensorRT execution failed (execute_async_v3 returned False)")
         for pointer, host in self._outputs:
-            _check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, pointer, host.nbytes,
+            cuda_check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, pointer, host.nbytes,
                                                   kind.cudaMemcpyDeviceToHost, self._stream), "copy out")
-        _check(cudart, cudart.cudaStreamSynchronize(self._stream), "synchronize")
+        cuda_check(cudart, cudart.cudaStreamSynchronize(self._stream), "synchronize")
 
     def close(self) -> None:
         """Free the device buffers and the stream."""
