@@ -37,6 +37,7 @@ from torch import nn
 from export import quantize
 from export.metadata import write_card
 from export.verify import compare_outputs, open_session, run_session, warn
+from search.core.atomic import acquire_lock, is_locked
 from search.core.errors import NasdeployError
 from search.core.rundir import (
     CHECKPOINT_NAME,
@@ -349,7 +350,7 @@ def staging_dir(target_dir: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target_dir))
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(_hold_lock(tmp / LOCK_NAME))
+            held.enter_context(acquire_lock(tmp / LOCK_NAME))
             yield tmp
         except BaseException:
             held.close()
@@ -372,42 +373,13 @@ def remove_stale_staging(target_dir: Path) -> list[Path]:
         try:
             if not folder.is_dir() or folder.is_symlink() or folder.stat().st_mtime >= _PROCESS_START:
                 continue
-            if _is_locked(folder / LOCK_NAME):
+            if is_locked(folder / LOCK_NAME):
                 continue
         except OSError:
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
-
-
-def _hold_lock(path: Path) -> Any:
-    """Open ``path`` and hold an exclusive ``flock`` on it until the handle is closed."""
-    handle = open(path, "w")  # held for the staging folder's lifetime
-    with contextlib.suppress(ImportError, OSError):
-        import fcntl
-
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return handle
-
-
-def _is_locked(path: Path) -> bool:
-    """Whether a live process holds the lock at ``path`` (no lock file: not held)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock here: only the age tells
-        return False
-    try:
-        handle = open(path)
-    except OSError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    return False
 
 
 def publish(files: dict[Path, Path]) -> None:

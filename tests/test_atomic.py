@@ -49,3 +49,32 @@ def test_append_line_closes_a_torn_fragment_first(tmp_path):
         handle.write(b'{"b": 2, "cut sho')  # a writer killed mid-line
     append_line(path, '{"c": 3}')
     assert path.read_text().splitlines() == ['{"a": 1}', '{"b": 2, "cut sho', '{"c": 3}']
+
+
+def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from search.core.atomic import LockHeld, acquire_lock, is_locked
+
+    path = tmp_path / ".lock"
+    assert not is_locked(path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from search.core.atomic import acquire_lock; "
+         f"h = acquire_lock({str(path)!r}); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert is_locked(path)
+        with pytest.raises(LockHeld) as held:
+            acquire_lock(path)
+        assert held.value.owner == str(holder.pid)
+    finally:
+        holder.kill()  # kill -9: the kernel drops the lock
+        holder.wait(timeout=10)
+    assert not is_locked(path)
+    with acquire_lock(path):
+        assert path.read_text().strip() == str(os.getpid())

@@ -1,4 +1,5 @@
-"""Atomic file writes (a temp file in the target directory, then ``os.replace``), fresh paths."""
+"""Atomic file writes (a temp file in the target directory, then ``os.replace``), fresh paths,
+and the one exclusive file lock (``flock``) that run directories and export staging use."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 @contextlib.contextmanager
@@ -74,3 +76,60 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock; ``owner`` is the pid it wrote (``?`` if none)."""
+
+    def __init__(self, path: Path, owner: str):
+        super().__init__(f"{path} is locked by pid {owner}")
+        self.owner = owner
+
+
+def acquire_lock(path: str | os.PathLike[str]) -> IO[str]:
+    """Open ``path`` and take an exclusive ``flock`` on it; close the handle to release it.
+
+    The kernel drops the lock when its holder dies (``kill -9`` included), so a lock never
+    outlives a crashed process. The holder writes its pid into the file. Where ``flock``
+    does not exist (not POSIX) nothing is locked.
+
+    Raises:
+        LockHeld: another process holds the lock.
+    """
+    handle = open(path, "a+")  # noqa: SIM115 - the caller owns the handle (and the lock)
+    try:
+        import fcntl
+    except ImportError:
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise LockHeld(Path(path), owner) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def is_locked(path: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds the lock at ``path`` (no file, or no ``flock``: not held)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        handle = open(path)  # noqa: SIM115
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
+

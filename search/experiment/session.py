@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 import time
@@ -21,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from search.core.atomic import atomic_write_text, unique_path
+from search.core.atomic import LockHeld, acquire_lock, atomic_write_text, unique_path
 from search.core.errors import NasdeployError, one_line
 from search.core.jsonio import annotation_words, fits_annotation, read_json
 from search.core.rundir import (
@@ -365,22 +364,11 @@ def _remove_unused(run_dir: Path) -> None:
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` (released by the OS even after a kill -9)."""
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    with open(run_dir / LOCK_NAME, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "?"
-            raise NasdeployError(f"{run_dir} is in use by another search (pid {owner}); "
-                                 f"wait for it or stop it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        handle = acquire_lock(run_dir / LOCK_NAME)
+    except LockHeld as held:
+        raise NasdeployError(f"{run_dir} is in use by another search (pid {held.owner}); "
+                             f"wait for it or stop it first") from None
+    with handle:
         yield
 
 
