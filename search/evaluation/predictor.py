@@ -34,7 +34,7 @@ from search.core.errors import NasdeployError
 from search.core.jsonio import read_json
 from search.space.genotype import Cell, Genotype
 from search.space.opnames import OP_NAMES
-from search.space.scale import Scale, cell_channels, cell_plan, parse_scale
+from search.space.scale import Scale, cell_plan, parse_scale, stem_shape
 
 PREDICTOR_FORMAT = "nasdeploy-latency-predictor"
 PREDICTOR_VERSION = 1
@@ -128,11 +128,7 @@ def _cell_features(
 def features(genotype: Genotype, scale: Scale) -> np.ndarray:
     """The feature vector (:data:`FEATURE_NAMES`) of ``genotype`` built at ``scale``."""
     acc = dict.fromkeys(FEATURE_NAMES, 0.0)
-    channels = cell_channels(scale.filters, genotype.num_blocks)
-    if scale.layout == "cifar":
-        stem_c, side = int(channels * scale.stem_multiplier), scale.image_size
-    else:
-        stem_c, side = int(32 * scale.stem_multiplier), (scale.image_size - 3) // 2 + 1
+    stem_c, side = stem_shape(genotype, scale)
     c_pp = c_p = stem_c
     reduction_prev = False
     for cell, width, reduction in cell_plan(genotype, scale):

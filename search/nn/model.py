@@ -14,7 +14,7 @@ from torch import nn
 
 from search.nn.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 from search.space import genotype as gt
-from search.space.scale import Scale, cell_channels, cell_plan, check_size, parse_scale
+from search.space.scale import Scale, cell_plan, check_size, parse_scale, stem_shape
 
 
 def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
@@ -123,12 +123,10 @@ class NASNet(nn.Module):
         self.scale = scale
         self.num_classes = num_classes
         self.drop_path_prob = drop_path_prob
-        channels = cell_channels(scale.filters, genotype.num_blocks)
+        stem_c, _ = stem_shape(genotype, scale)
         if scale.layout == "cifar":
-            stem_c = int(channels * scale.stem_multiplier)
             self.stem = nn.Sequential(nn.Conv2d(3, stem_c, 3, padding=1, bias=False), nn.BatchNorm2d(stem_c))
         else:
-            stem_c = int(32 * scale.stem_multiplier)
             self.stem = nn.Sequential(nn.Conv2d(3, stem_c, 3, stride=2, bias=False), nn.BatchNorm2d(stem_c))
         self.cells = nn.ModuleList()
         self.aux_index = -1

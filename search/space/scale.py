@@ -257,14 +257,7 @@ def estimate_size(genotype: Genotype, scale: Scale, num_classes: int = 1000) -> 
     parameter count equals ``count_params`` of the built model; the feature maps are an
     estimate of what one forward pass creates (within a small factor).
     """
-    blocks = genotype.num_blocks
-    c = cell_channels(scale.filters, blocks)
-    side = scale.image_size
-    if scale.layout == "cifar":
-        stem = int(c * scale.stem_multiplier)
-    else:
-        stem = int(32 * scale.stem_multiplier)
-        side = max(1, (side - 3) // 2 + 1)
+    stem, side = stem_shape(genotype, scale)
     params = 27 * stem + 2 * stem
     elements = 3 * scale.image_size**2 + 2 * stem * side * side
     c_pp, c_p, reduction_prev = stem, stem, False
@@ -275,6 +268,14 @@ def estimate_size(genotype: Genotype, scale: Scale, num_classes: int = 1000) -> 
         c_pp, c_p, reduction_prev = c_p, out, reduction
     params += c_p * num_classes + num_classes
     return SizeEstimate(params, 4 * elements)
+
+
+def stem_shape(genotype: Genotype, scale: Scale) -> tuple[int, int]:
+    """Channels and output side of the stem: a 3x3 convolution (stride 2 in the ImageNet layout)."""
+    if scale.layout == "cifar":
+        channels = cell_channels(scale.filters, genotype.num_blocks)
+        return int(channels * scale.stem_multiplier), scale.image_size
+    return int(32 * scale.stem_multiplier), max(1, (scale.image_size - 3) // 2 + 1)
 
 
 def cell_plan(genotype: Genotype, scale: Scale) -> list[tuple[Cell, int, bool]]:
