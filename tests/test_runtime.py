@@ -235,12 +235,13 @@ def test_search_serve_and_app_report_the_same_numbers_for_the_same_runs(
     want = summarize(samples)
     assert want.p90_ms != statistics.quantiles(samples, n=10)[-1]  # the rules really differ here
 
-    real_create = latency.create_session
-    monkeypatch.setattr(latency, "create_session", lambda path, settings: ClockedSession(
-        real_create(path, settings), clock, WARMUP_TICKS + TIMED_TICKS))
+    real_create = sessions.create_session  # the meter's sessions come from the one factory
     settings = latency.LatencySettings(scale="1@16", image_size=16, warmup=2, repeats=10, threads=1,
                                        max_time_s=60.0, retries=0)  # one scripted pass, no re-measure
-    cost = latency.LatencyMeter(settings)(REFERENCE_GENOTYPES["lite"])
+    with monkeypatch.context() as patch:  # only the meter's session runs on the scripted clock
+        patch.setattr(sessions, "create_session", lambda path, settings: ClockedSession(
+            real_create(path, settings), clock, WARMUP_TICKS + TIMED_TICKS))
+        cost = latency.LatencyMeter(settings)(REFERENCE_GENOTYPES["lite"])
     assert (cost.latency_ms, cost.latency_p90_ms, cost.timed_runs) == (want.median_ms, want.p90_ms, 10)
     assert cost.threads == 1 and cost.provider == CPU
 
