@@ -211,3 +211,26 @@ def test_optuna_dashboard_shows_the_metric_names_and_attributes(tmp_path):
             "feasible"} <= keys
     done = [t for t in detail["trials"] if t["state"] == "Complete"]
     assert done and all(len(t["constraints"]) == 2 for t in done)
+
+
+def test_a_study_killed_mid_write_is_accepted_for_resume(tmp_path):
+    """kill -9 during an SQLite write leaves a hot journal; the resume check must not refuse it."""
+    import os
+    import subprocess
+    import sys
+
+    from search.strategies.optuna_study import check_study_storage
+
+    path = tmp_path / "study.db"
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="s")
+    writer = ("import os, signal, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+              "c.execute('PRAGMA cache_size=1'); c.execute('BEGIN IMMEDIATE'); "
+              "c.executemany('INSERT INTO study_user_attributes (study_id, key, value_json) "
+              "VALUES (1, ?, ?)', [(f'k{i}', 'x' * 500) for i in range(2000)]); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    subprocess.run([sys.executable, "-c", writer, str(path)], check=False, timeout=60)
+    journal = path.with_name("study.db-journal")
+    assert journal.is_file() and journal.stat().st_size > 0  # a hot journal is left behind
+    check_study_storage(path)  # SQLite rolls the cut transaction back, as Optuna would
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{path}")
+    assert study.user_attrs == {} and os.path.getsize(path) > 0

@@ -46,8 +46,10 @@ _MAX_SKIPS = 10
 def check_study_storage(path: str | Path) -> None:
     """Raise :class:`NasdeployError` unless ``path`` is a readable Optuna SQLite storage.
 
-    Read-only (the file is opened with SQLite's ``mode=ro``): used before a resume writes
-    anything, and before Optuna opens the file (whose errors are long tracebacks).
+    Used before a resume writes anything, and before Optuna opens the file (whose errors
+    are long tracebacks). Only reading queries run; the file is opened the way Optuna opens
+    it, so that SQLite can roll back a transaction a ``kill -9`` cut short (a hot journal)
+    to the last committed state, which a read-only connection cannot do.
     """
     import sqlite3
 
@@ -55,7 +57,7 @@ def check_study_storage(path: str | Path) -> None:
     if not path.is_file():
         raise NasdeployError(f"{path} is not a regular file; move it away to start a new study")
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        connection = sqlite3.connect(path)
         try:
             tables = {row[0] for row in connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
