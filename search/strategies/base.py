@@ -72,7 +72,8 @@ class StrategyConfig:
         rl_batch: RL children sampled per PPO update.
         ppo_epochs: PPO passes over each batch.
         rl_lr: controller learning rate (Adam).
-        entropy_weight: entropy bonus in the PPO objective.
+        entropy_weight: weight of the entropy bonus in the PPO objective: the mean over
+            decisions of entropy / log(valid choices), so it does not grow with the decision count.
         baseline_decay: decay of the moving-average reward baseline.
         clip: PPO ratio clip.
         startup_trials: random trials before TPE models the history.
@@ -89,7 +90,7 @@ class StrategyConfig:
     rl_batch: int = 4
     ppo_epochs: int = 4
     rl_lr: float = 0.003
-    entropy_weight: float = 0.001
+    entropy_weight: float = 0.3
     baseline_decay: float = 0.9
     clip: float = 0.2
     startup_trials: int = 5
