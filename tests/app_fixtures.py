@@ -1,6 +1,6 @@
 """A runs folder for the demo-app tests: a tiny real exported model and a search run.
 
-The model is the serve tests' NASNet-A at 1@16 (16 px), exported with the project's
+The model is the serve tests' NASNet-A at 1@48 (16 px), exported with the project's
 exporter and carrying real metadata; the run directory holds ``trials.jsonl`` written
 with ``search.trials.history`` and the report files written by ``search.experiment.report``.
 """

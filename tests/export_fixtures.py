@@ -1,4 +1,4 @@
-"""Tiny real checkpoints and exports for the export tests (1@16 NASNet-A at 16 px)."""
+"""Tiny real checkpoints and exports for the export tests (1@48 NASNet-A at 16 px)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from search.space.card import ModelCard
 from search.space.genotype import REFERENCE_GENOTYPES
 
 IMAGE_SIZE = 16
-SCALE = "1@16"
+SCALE = "1@48"
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,7 +39,7 @@ CHECK_EVERY = 10
 
 @functools.lru_cache(maxsize=1)
 def trained_model() -> torch.nn.Module:
-    """A 1@16 NASNet-A trained on digits until it clears :data:`TARGET_ACCURACY`, once.
+    """A 1@48 NASNet-A trained on digits until it clears :data:`TARGET_ACCURACY`, once.
 
     Trained to a criterion rather than for a fixed number of steps: another CPU's
     floating-point path changes the course of a short run (after 30 fixed SGD steps one

@@ -55,7 +55,7 @@ def make_info(**overrides) -> ModelCard:
         mean=MEAN,
         std=STD,
         class_names=CLASS_NAMES,
-        scale="1@16",
+        scale="1@48",
         genotype=genotype,
         dataset="synthetic",
     )
@@ -64,7 +64,7 @@ def make_info(**overrides) -> ModelCard:
 
 
 def build_tiny_model(seed: int = 0) -> torch.nn.Module:
-    """NASNet-A at 1@16 for 16 px, with BN statistics from random data and a sharper head.
+    """NASNet-A at 1@48 for 16 px, with BN statistics from random data and a sharper head.
 
     Freshly initialised BN layers make every input look alike; a few train-mode
     passes give them real statistics, and scaling the classifier spreads the logits,
@@ -75,7 +75,7 @@ def build_tiny_model(seed: int = 0) -> torch.nn.Module:
     from search.nn.model import build_model
 
     torch.manual_seed(seed)
-    model = build_model(load_genotype("nasnet-a"), "1@16", num_classes=10, image_size=IMAGE_SIZE)
+    model = build_model(load_genotype("nasnet-a"), "1@48", num_classes=10, image_size=IMAGE_SIZE)
     model.train()
     with torch.no_grad():
         for _ in range(3):

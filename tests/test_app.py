@@ -1,6 +1,6 @@
 """The Streamlit demo, driven by ``streamlit.testing`` over a tiny real exported model.
 
-The runs folder holds NASNet-A at 1@16 exported to ONNX with real metadata and a search
+The runs folder holds NASNet-A at 1@48 exported to ONNX with real metadata and a search
 run written by ``search.trials.history`` / ``search.experiment.report`` (see ``app_fixtures``).
 """
 
@@ -165,7 +165,7 @@ def test_model_card_shows_metadata_latency_and_cells(monkeypatch, runs):
     card = at.tabs[CARD]
     metrics = {m.label: m.value for m in card.metric}
     info = load_runtime(runs.model).info
-    assert metrics["Scale (N@F)"] == "1@16"
+    assert metrics["Scale (N@F)"] == "1@48"
     assert metrics["Input"] == "16×16 px"
     assert metrics["Accuracy"] == f"{MODEL_ACCURACY:.1%}"
     assert metrics["Parameters"] == f"{info.params / 1e3:.3g} k"

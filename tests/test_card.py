@@ -20,7 +20,7 @@ from serve.metadata import from_props, read_onnx_card, read_sidecar_card, to_pro
 
 
 def _card(**overrides) -> ModelCard:
-    values = dict(genotype=NASNET_A, scale="1@24", image_size=8, resize=10, class_names=["cat", "dog", "emu"],
+    values = dict(genotype=NASNET_A, scale="1@48", image_size=8, resize=10, class_names=["cat", "dog", "emu"],
                   mean=(0.1, 0.2, 0.3), std=(0.5, 0.4, 0.3), auxiliary=True, dataset="toy", precision="fp16",
                   params=1234, macs=56789, accuracy=0.75, weights="trained")
     values.update(overrides)
@@ -85,7 +85,7 @@ def test_metadata_written_before_the_card_still_loads():
              "nasdeploy.std": "[0.5, 0.4, 0.3]", "nasdeploy.class_names": '["cat", "dog", "emu"]',
              "nasdeploy.resize": "10",
              "nasdeploy.layout": "NCHW", "nasdeploy.channel_order": "RGB", "nasdeploy.precision": "fp16",
-             "nasdeploy.scale": "1@24", "nasdeploy.genotype": json.dumps(NASNET_A.to_dict()),
+             "nasdeploy.scale": "1@48", "nasdeploy.genotype": json.dumps(NASNET_A.to_dict()),
              "nasdeploy.params": "1234", "nasdeploy.macs": "56789", "nasdeploy.accuracy": "0.75",
              "nasdeploy.dataset": "toy", "nasdeploy.format_version": "1", "nasdeploy.weights": "trained",
              "onnx.other": "ignored"}
@@ -160,7 +160,7 @@ def test_checkpoints_written_before_the_card_still_load(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, build_from_card(card), card)
     raw = torch.load(path, weights_only=True)
-    raw["spec"] = {"genotype": NASNET_A.to_dict(), "scale": "1@24", "image_size": 16, "num_classes": 3,
+    raw["spec"] = {"genotype": NASNET_A.to_dict(), "scale": "1@48", "image_size": 16, "num_classes": 3,
                    "class_names": ["cat", "dog", "emu"], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.4, 0.3],
                    "auxiliary": False, "dataset": "toy"}  # what ModelSpec.to_dict() wrote
     torch.save(raw, path)

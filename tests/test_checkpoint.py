@@ -11,7 +11,7 @@ from search.space.card import ModelCard
 from search.space.genotype import LITE, NASNET_A
 
 
-def _spec(genotype=NASNET_A, scale="1@24") -> ModelCard:
+def _spec(genotype=NASNET_A, scale="1@48") -> ModelCard:
     return ModelCard(genotype=genotype, scale=scale, image_size=16, class_names=["a", "b", "c"],
                      mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5), auxiliary=True, dataset="toy")
 

@@ -19,8 +19,8 @@ def test_format_user_error():
 @pytest.mark.parametrize(
     "command",
     [
-        ["search.info", "nasnet-a", "--variant", "1@8", "--draw", "{blocker}/sub/cells.png"],
-        ["export.onnx", "lite", "--variant", "1@8", "--image-size", "8", "--out", "{blocker}/sub"],
+        ["search.info", "nasnet-a", "--variant", "1@48", "--draw", "{blocker}/sub/cells.png"],
+        ["export.onnx", "lite", "--variant", "1@48", "--image-size", "8", "--out", "{blocker}/sub"],
     ],
 )
 def test_unwritable_output_is_one_line(tmp_path, command):

@@ -11,7 +11,7 @@ from search.evaluation.proxy import ChildSettings, evaluate_child, one_line
 from search.space.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype
 
 LITE = REFERENCE_GENOTYPES["lite"]
-TINY = ChildSettings(scale="1@16", epochs=1, train_size=300, batch_size=32, device="cpu")
+TINY = ChildSettings(scale="1@48", epochs=1, train_size=300, batch_size=32, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,13 @@ def test_more_training_scores_higher(digits) -> None:
     short = evaluate_child(LITE, digits, TINY)
     # 4x the data for 4x the epochs: about 0.2 against 0.8 here. A wide gap on purpose: where a
     # short run lands depends on the CPU's float path (3 epochs of 400 gave 0.38 here)
-    longer = evaluate_child(LITE, digits, ChildSettings(scale="1@16", epochs=4, train_size=1200,
+    longer = evaluate_child(LITE, digits, ChildSettings(scale="1@48", epochs=4, train_size=1200,
                                                         batch_size=32, lr=0.1, device="cpu"))
     assert longer.accuracy > short.accuracy
 
 
 def test_diverging_child_gets_status_diverged(digits) -> None:
-    settings = ChildSettings(scale="1@16", train_size=300, lr=1e8, device="cpu")
+    settings = ChildSettings(scale="1@48", train_size=300, lr=1e8, device="cpu")
     result = evaluate_child(LITE, digits, settings)
     assert result.status == "diverged" and result.accuracy == 0.0
     assert "\n" not in result.error
@@ -57,7 +57,7 @@ def test_child_that_fails_to_build_is_recorded(digits) -> None:
 
 
 def test_child_image_size_override_resizes(digits) -> None:
-    settings = ChildSettings(scale="1@16", train_size=64, image_size=12, device="cpu")
+    settings = ChildSettings(scale="1@48", train_size=64, image_size=12, device="cpu")
     assert evaluate_child(LITE, digits, settings).status == "ok"
 
 

@@ -25,7 +25,7 @@ def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_GENOTYPES))
-@pytest.mark.parametrize("scale, size", [("1@24", 16), ("1@24", 65)])
+@pytest.mark.parametrize("scale, size", [("1@48", 16), ("1@48", 65)])
 def test_network_matches_onnxruntime(tmp_path, name, scale, size):
     model = _trained_looking(build_model(REFERENCE_GENOTYPES[name], scale, image_size=size,
                                          drop_path_prob=0.3, auxiliary=True))
@@ -41,7 +41,7 @@ def test_network_matches_onnxruntime(tmp_path, name, scale, size):
 
 
 def test_graph_avoids_known_runtime_traps(tmp_path):
-    model = build_model(REFERENCE_GENOTYPES["nasnet-a"], "1@24", image_size=17, drop_path_prob=0.5)
+    model = build_model(REFERENCE_GENOTYPES["nasnet-a"], "1@48", image_size=17, drop_path_prob=0.5)
     model.set_drop_path_progress(1.0)
     path = export_onnx(model, tmp_path / "net.onnx", image_size=17)
     graph = onnx.load(str(path)).graph
@@ -64,7 +64,7 @@ def test_graph_avoids_known_runtime_traps(tmp_path):
 
 
 def test_old_opset_is_refused(tmp_path):
-    model = build_model(REFERENCE_GENOTYPES["lite"], "1@24", image_size=16)
+    model = build_model(REFERENCE_GENOTYPES["lite"], "1@48", image_size=16)
     with pytest.raises(NasdeployError, match="opset 13 is too old"):
         export_onnx(model, tmp_path / "net.onnx", image_size=16, opset=13)
     assert not list(tmp_path.iterdir())

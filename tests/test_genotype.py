@@ -130,3 +130,51 @@ def test_save_is_atomic_on_failure(tmp_path):
         save_genotype(NASNET_A, path, metadata={"bad": object()})
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["g.json"]
+
+
+def test_swapped_branches_are_one_network_and_one_key():
+    from search.space.genotype import Block, Cell, canonical_space_size
+    from search.space.searchspace import SearchSpace
+
+    def swapped(cell: Cell) -> Cell:
+        return Cell(tuple(Block(b.inputs[::-1], b.ops[::-1], b.combine) for b in cell.blocks))
+
+    base = Genotype(Cell(NASNET_A.normal.blocks), Cell(NASNET_A.reduce.blocks))
+    other = Genotype(swapped(base.normal), swapped(base.reduce))
+    assert other.to_json() != base.to_json()
+    assert other.key() == base.key() and other.canonical() == base.canonical()
+    assert base.canonical().canonical() == base.canonical()  # idempotent
+    # different ops in one branch are different networks
+    changed = Genotype(Cell((Block((1, 0), ("identity", "sep_conv_3x3")),) + base.normal.blocks[1:]),
+                       base.reduce)
+    assert changed.key() != base.key()
+    # the space counts ordered branch pairs; the canonical count is the distinct networks:
+    # block b has n = (b + 2) * 13 branches, n * n ordered pairs but n * (n + 1) / 2 networks
+    assert canonical_space_size(1) == (26 * 27 // 2 * 2) ** 2
+    assert SearchSpace(1).size() == (26 * 26 * 2) ** 2
+    assert 2**10 / 2 < SearchSpace(5).size() / canonical_space_size(5) < 2**10
+
+
+def test_swapped_branches_build_the_same_network():
+    import torch
+
+    from search.nn.model import build_model
+    from search.space.genotype import Block, Cell
+
+    base = Genotype(Cell(NASNET_A.normal.blocks), Cell(NASNET_A.reduce.blocks))
+    other = Genotype(Cell(tuple(Block(b.inputs[::-1], b.ops[::-1], b.combine) for b in base.normal.blocks)),
+                     base.reduce)
+    a, b = (build_model(g, "1@48", image_size=16) for g in (base, other))
+    assert a.genotype.key() == b.genotype.key()
+    normal = {i for i, cell in enumerate(a.cells) if not cell.reduction}
+
+    def source(name: str) -> str:  # the same op's weights sit in the other branch slot
+        parts = name.split(".")
+        if parts[0] == "cells" and int(parts[1]) in normal and parts[2] == "ops":
+            parts[3] = str(int(parts[3]) ^ 1)
+        return ".".join(parts)
+
+    state = a.state_dict()
+    b.load_state_dict({name: state[source(name)] for name in b.state_dict()})
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(a.eval()(x), b.eval()(x))

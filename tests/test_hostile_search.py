@@ -227,7 +227,7 @@ def test_a_training_run_that_diverges_in_its_first_epoch_leaves_no_directory(cap
     """A real divergence (a weight decay of 1e30 at lr 10): one line, and no empty run directory."""
     out = tmp_path / "train"
     line = refused(capsys, "search.train", [
-        "lite", "--dataset", "digits", "--variant", "1@16", "--epochs", "1", "--train-size", "128",
+        "lite", "--dataset", "digits", "--variant", "1@48", "--epochs", "1", "--train-size", "128",
         "--batch", "32", "--lr", "10", "--weight-decay", "1e30", "--grad-clip", "0", "--out", str(out),
         "--no-progress"])
     assert "training diverged" in line

@@ -192,7 +192,7 @@ def test_bad_metadata_is_one_line_naming_file_and_field(models, image, reader, c
     ({"params": -1}, "'params'"),
 ])
 def test_the_card_validates_itself_for_every_reader_and_writer(change, field):
-    good = ModelCard(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, class_names=CLASS_NAMES, scale="1@16")
+    good = ModelCard(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, class_names=CLASS_NAMES, scale="1@48")
     data = {**good.to_dict(), **change}
     with pytest.raises(CardError) as info:
         ModelCard.from_dict(data, "some/model.onnx")
@@ -259,8 +259,8 @@ def test_json_into_a_folder_names_the_folder_not_a_temp_file(models, image, tmp_
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A real 1@16 NASNet-A checkpoint for 16 px and 10 classes."""
-    card = ModelCard(genotype=REFERENCE_GENOTYPES["nasnet-a"], scale="1@16", image_size=16, num_classes=10,
+    """A real 1@48 NASNet-A checkpoint for 16 px and 10 classes."""
+    card = ModelCard(genotype=REFERENCE_GENOTYPES["nasnet-a"], scale="1@48", image_size=16, num_classes=10,
                      mean=(0.5,) * 3, std=(0.25,) * 3, dataset="synthetic")
     path = tmp_path_factory.mktemp("hostile-ckpt") / "checkpoint.pt"
     torch.manual_seed(0)
@@ -312,7 +312,7 @@ def test_export_numbers_are_bounded_before_anything_is_built(tmp_path, case, cap
     flags, fragments = _flag_cases()[case]
     out = tmp_path / "out"
     started = time.perf_counter()
-    argv = ["nasnet-a", "--variant", "1@16", *flags, "--out", str(out)]
+    argv = ["nasnet-a", "--variant", "1@48", *flags, "--out", str(out)]
     rc, _, err = run_main(export_cli.main, argv, capsys)
     assert_one_error(rc, err, *fragments)
     assert time.perf_counter() - started < 10 and not out.exists()
@@ -590,8 +590,8 @@ def test_rows_as_real_processes(models, image, tmp_path):
         (["-m", "serve.predict", str(models["zero std"]), str(image), "--json"], "'std'"),
         (["-m", "serve.bench", str(models["good"]), "--seconds", "nan"], "duration"),
         (["-m", "serve.bench", str(models["good"]), "--batch-sizes", "99999999999"], str(MAX_BATCH)),
-        (["-m", "export.onnx", "nasnet-a", "--variant", "1@16", "--opset", "999", "--out", str(out)], "999"),
-        (["-m", "export.onnx", "nasnet-a", "--variant", "1@16", "--image-size", "100000", "--out", str(out)],
+        (["-m", "export.onnx", "nasnet-a", "--variant", "1@48", "--opset", "999", "--out", str(out)], "999"),
+        (["-m", "export.onnx", "nasnet-a", "--variant", "1@48", "--image-size", "100000", "--out", str(out)],
          "--image-size"),
     ]
     for argv, fragment in cases:
@@ -604,7 +604,7 @@ def test_rows_as_real_processes(models, image, tmp_path):
 @pytest.mark.slow
 def test_kill_9_during_export_leaves_staging_the_next_export_removes(tmp_path):
     out = tmp_path / "export"
-    argv = ["-m", "export.onnx", "nasnet-a", "--variant", "1@16", "--image-size", "16", "--out", str(out)]
+    argv = ["-m", "export.onnx", "nasnet-a", "--variant", "1@48", "--image-size", "16", "--out", str(out)]
     victim = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:

@@ -14,7 +14,7 @@ from search.nn.cost import count_macs, count_params
 from search.nn.model import build_model
 from search.space.genotype import NASNET_A
 
-SMALL = ["--variant", "2@16", "--image-size", "16"]
+SMALL = ["--variant", "2@48", "--image-size", "16"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,11 +31,11 @@ def _json(capsys, argv: list[str]) -> dict:
 
 def test_json_matches_the_built_network(capsys):
     info = _json(capsys, ["nasnet-a", *SMALL, "--json"])
-    model = build_model(NASNET_A, "2@16", num_classes=10, image_size=16)
+    model = build_model(NASNET_A, "2@48", num_classes=10, image_size=16)
     assert isinstance(info["params"], int) and isinstance(info["macs"], int)
     assert info["params"] == count_params(model)
     assert info["macs"] == count_macs(model, 16)
-    assert info["notation"] == "2@16" and info["image_size"] == 16 and info["num_classes"] == 10
+    assert info["notation"] == "2@48" and info["image_size"] == 16 and info["num_classes"] == 10
     assert info["layout"] == "cifar" and info["genotype"] == NASNET_A.to_dict()
 
 
@@ -54,9 +54,9 @@ def test_text_report_lists_cells_scale_and_cost(capsys):
     out = capsys.readouterr().out
     assert "b3 = avg_pool_3x3(b0) + identity(b1)" in out
     assert "h[k] = concat(h[k-2], b0, b1, b2, b3, b4)" in out
-    assert "2@16 (2 normal cells per stage" in out and "cifar layout, 16 px input, 10 classes" in out
+    assert "2@48 (2 normal cells per stage" in out and "cifar layout, 16 px input, 10 classes" in out
     assert "width C:   stages 2, 4, 8" in out
-    model = build_model(NASNET_A, "2@16", num_classes=10, image_size=16)
+    model = build_model(NASNET_A, "2@48", num_classes=10, image_size=16)
     assert f"({count_params(model):,})" in out
 
 

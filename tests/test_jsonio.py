@@ -148,7 +148,7 @@ def test_bad_latency_cache_lines_are_skipped_not_fatal(tmp_path):
     from search.evaluation.latency import LatencyMeter, LatencySettings
     from search.space.genotype import REFERENCE_GENOTYPES
 
-    settings = LatencySettings(scale="1@16", image_size=16, warmup=0, repeats=1, threads=1)
+    settings = LatencySettings(scale="1@48", image_size=16, warmup=0, repeats=1, threads=1)
     cache = tmp_path / "latency_cache.jsonl"
     first = LatencyMeter(settings, cache)(REFERENCE_GENOTYPES["lite"])
     entry = json.loads(cache.read_text())
@@ -203,8 +203,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _config_json() -> str:
     from search.experiment.session import SearchConfig
 
-    config = SearchConfig(latency_budget="50ms", dataset="digits", child_scale="1@8", child_train_size=50,
-                          target_variant="1@16", blocks=2, trials=1)
+    config = SearchConfig(latency_budget="50ms", dataset="digits", child_scale="1@48", child_train_size=50,
+                          target_variant="1@48", blocks=2, trials=1)
     return json.dumps(config.to_dict())
 
 

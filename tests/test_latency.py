@@ -17,7 +17,7 @@ from search.space.genotype import REFERENCE_GENOTYPES, Block, Cell, Genotype
 
 LITE = REFERENCE_GENOTYPES["lite"]
 NASNET = REFERENCE_GENOTYPES["nasnet-a"]
-TINY = LatencySettings(scale="1@16", image_size=16, warmup=1, repeats=3, threads=1)
+TINY = LatencySettings(scale="1@48", image_size=16, warmup=1, repeats=3, threads=1)
 
 
 def test_meter_measures_positive_costs_matching_the_model(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_meter_measures_positive_costs_matching_the_model(tmp_path: Path) -> Non
     assert cost.latency_ms > 0 and cost.latency_p90_ms >= cost.latency_ms
     assert cost.measure_time_s > 0
     assert cost.provider == "CPUExecutionProvider"
-    model = build_model(LITE, "1@16", num_classes=10, image_size=16)
+    model = build_model(LITE, "1@48", num_classes=10, image_size=16)
     assert cost.macs == count_macs(model, 16) and cost.params == count_params(model)
     bigger = meter(NASNET)
     assert bigger.macs != cost.macs and meter.measurements == 2
@@ -43,7 +43,7 @@ def test_meter_caches_in_memory_and_on_disk(tmp_path: Path) -> None:
         handle.write('{"genotype": "cut short by a ki')  # a line interrupted by a kill
     resumed = LatencyMeter(TINY, cache)
     assert resumed(LITE) == first and resumed.measurements == 0 and len(resumed) == 1
-    other_settings = LatencyMeter(LatencySettings(scale="1@16", image_size=12, warmup=0,
+    other_settings = LatencyMeter(LatencySettings(scale="1@48", image_size=12, warmup=0,
                                                   repeats=1, threads=1), cache)
     assert len(other_settings) == 0  # entries measured under other settings are not reused
     assert other_settings(LITE).macs < first.macs and other_settings.measurements == 1
@@ -61,7 +61,7 @@ def test_candidate_that_cannot_be_built_raises_measurement_error() -> None:
                     reason="needs ONNX Runtime without CUDA")
 def test_cuda_latency_without_provider_is_one_line_error() -> None:
     with pytest.raises(NasdeployError, match="onnxruntime-gpu") as info:
-        LatencyMeter(LatencySettings(scale="1@16", image_size=16, device="cuda"))
+        LatencyMeter(LatencySettings(scale="1@48", image_size=16, device="cuda"))
     assert "\n" not in str(info.value)
 
 
@@ -73,7 +73,7 @@ def test_bad_settings_are_rejected() -> None:
 
 
 def test_timing_is_capped_for_slow_candidates_and_full_otherwise(tmp_path: Path) -> None:
-    model = build_model(LITE, "1@16", num_classes=10, image_size=16)
+    model = build_model(LITE, "1@48", num_classes=10, image_size=16)
     path = export_onnx(model, tmp_path / "lite.onnx", 16, dynamic_batch=False)
     capped = time_onnx(path, 16, warmup=5, repeats=50, threads=1, max_time_s=0.0)
     assert len(capped.samples_ms) == 3 and capped.warmup_runs == 1 and capped.stopped_by_time
@@ -81,7 +81,7 @@ def test_timing_is_capped_for_slow_candidates_and_full_otherwise(tmp_path: Path)
     full = time_onnx(path, 16, warmup=1, repeats=7, threads=1, max_time_s=None)
     assert len(full.samples_ms) == 7 and all(t > 0 for t in full.samples_ms)
     assert not full.stopped_by_time
-    cost = LatencyMeter(LatencySettings(scale="1@16", image_size=16, warmup=0, repeats=4,
+    cost = LatencyMeter(LatencySettings(scale="1@48", image_size=16, warmup=0, repeats=4,
                                         threads=1))(LITE)
     assert cost.timed_runs == 4 and cost.threads == 1
 
@@ -107,7 +107,7 @@ def test_one_pinned_thread_is_the_default_and_the_flag_reaches_the_session(tmp_p
     assert old.latency_threads is None and _settings(old, data)[1].threads is None
     with pytest.raises(NasdeployError, match="--latency-threads must be at least 1"):
         SearchConfig("5ms", latency_threads=0).validate()
-    two = LatencyMeter(LatencySettings(scale="1@16", image_size=16, warmup=1, repeats=3, threads=2))(LITE)
+    two = LatencyMeter(LatencySettings(scale="1@48", image_size=16, warmup=1, repeats=3, threads=2))(LITE)
     assert two.threads == 2 and two.provider == "CPUExecutionProvider"
 
 
@@ -116,7 +116,7 @@ def test_cost_and_trial_record_carry_median_and_p10_p90(tmp_path: Path) -> None:
     from search.experiment.loop import Evaluator, evaluate_candidate
     from search.trials.history import TrialRecord
 
-    meter = LatencyMeter(LatencySettings(scale="1@16", image_size=16, warmup=1, repeats=9, threads=1))
+    meter = LatencyMeter(LatencySettings(scale="1@48", image_size=16, warmup=1, repeats=9, threads=1))
     cost = meter(LITE)
     assert cost.latency_p10_ms <= cost.latency_ms <= cost.latency_p90_ms
     assert cost.timed_runs == 9 and 1 <= cost.attempts <= 2 and cost.precision == "fp32"
@@ -177,12 +177,12 @@ def test_cache_key_names_everything_that_changes_the_number() -> None:
     assert key["cpu"] == cpu_model() != "" and key["provider"] == "CPUExecutionProvider"
     assert (key["threads"], key["precision"], key["batch"]) == (1, "fp32", 1)
     assert (key["warmup"], key["repeats"]) == (1, 3)
-    assert (key["target_variant"], key["image_size"], key["num_classes"]) == ("1@16", 16, 10)
+    assert (key["target_variant"], key["image_size"], key["num_classes"]) == ("1@48", 16, 10)
     # threads left to ONNX Runtime are recorded as the count that actually runs
     from search.runtime.sessions import default_threads
 
-    assert measurement_key(LatencySettings(scale="1@16", threads=None), 16)["threads"] == default_threads()
-    for change in ({"threads": 2}, {"warmup": 2}, {"repeats": 4}, {"num_classes": 5}, {"scale": "1@24"},
+    assert measurement_key(LatencySettings(scale="1@48", threads=None), 16)["threads"] == default_threads()
+    for change in ({"threads": 2}, {"warmup": 2}, {"repeats": 4}, {"num_classes": 5}, {"scale": "2@48"},
                    {"max_time_s": 1.0}):
         assert measurement_key(LatencySettings(**{**TINY.__dict__, **change}), 16) != key, change
 
@@ -194,7 +194,7 @@ def test_cache_lines_without_the_full_key_are_not_reused(tmp_path: Path) -> None
     entry = json.loads(cache.read_text())
     assert entry["settings"] == meter.key
     # a line of the old, incomplete key (scale, size, classes, device, threads, repeats)
-    old_key = {"scale": "1@16", "image_size": 16, "num_classes": 10, "device": "cpu", "threads": 1,
+    old_key = {"scale": "1@48", "image_size": 16, "num_classes": 10, "device": "cpu", "threads": 1,
                "repeats": 3}
     stale = {**entry, "genotype": NASNET.to_json(), "settings": old_key,
              "cost": {**entry["cost"], "latency_ms": 123.0}}
@@ -221,13 +221,13 @@ def _trt_missing() -> str | None:
 def test_tensorrt_latency_without_tensorrt_is_one_line_before_anything_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(NasdeployError, match="TensorRT latency needs") as info:
-        LatencyMeter(LatencySettings(scale="1@16", image_size=16, device="tensorrt"))
+        LatencyMeter(LatencySettings(scale="1@48", image_size=16, device="tensorrt"))
     assert "\n" not in str(info.value) and "nasdeploy[gpu]" in str(info.value)
     from search.run import main
 
     out = tmp_path / "run"
     code = main(["--latency-budget", "5ms", "--latency-device", "tensorrt", "--dataset", "digits",
-                 "--target-variant", "1@16", "--out", str(out), "--no-progress"])
+                 "--target-variant", "1@48", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: TensorRT latency needs") and err.count("\n") == 1
     assert not out.exists()
@@ -251,7 +251,7 @@ def test_fp16_model_for_tensorrt_is_half_precision_and_agrees_with_fp32(tmp_path
     from search.runtime.sessions import SessionSettings, create_session
     from search.runtime.tensorrt import convert_fp16
 
-    model = build_model(LITE, "1@16", num_classes=10, image_size=16)
+    model = build_model(LITE, "1@48", num_classes=10, image_size=16)
     fp32 = export_onnx(model, tmp_path / "lite.onnx", 16, dynamic_batch=False)
     fp16 = convert_fp16(fp32, tmp_path / "lite.fp16.onnx")
     graph = onnx.load(str(fp16)).graph
@@ -279,7 +279,7 @@ def test_tensorrt_timing_cache_is_kept_beside_the_latency_cache(tmp_path: Path) 
 
 @pytest.mark.skipif(_trt_missing() is not None, reason="needs TensorRT and an NVIDIA GPU")
 def test_tensorrt_latency_builds_fp16_engines_with_a_shared_timing_cache(tmp_path: Path) -> None:
-    meter = LatencyMeter(LatencySettings(scale="1@16", image_size=16, device="tensorrt", warmup=2,
+    meter = LatencyMeter(LatencySettings(scale="1@48", image_size=16, device="tensorrt", warmup=2,
                                          repeats=10), tmp_path / "latency_cache.jsonl")
     first, second = meter(LITE), meter(NASNET)
     assert first.provider == "TensorRT" and first.precision == "fp16" and first.threads is None

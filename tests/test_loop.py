@@ -1,7 +1,7 @@
 """The search loop: stopping, deduplication, failures, resume after an interruption.
 
 The loop takes accuracy and cost as functions; these tests pass cheap real ones (a score
-of the genotype's ops and the real MAC count of a 1@16 network) so they run in seconds.
+of the genotype's ops and the real MAC count of its narrowest network) so they run in seconds.
 The end-to-end test with real child training and ONNX Runtime timing is in
 ``test_run_cli.py``. Progress goes to a given stream: a terminal gets the tqdm bar, anything
 else (``nohup``, CI) one line per trial.
@@ -23,13 +23,16 @@ from search.experiment.report import ReportContext, write_report
 from search.experiment.session import SearchConfig, SearchResult, summary_text
 from search.nn.cost import model_cost
 from search.space.genotype import REFERENCE_GENOTYPES, Genotype
-from search.space.scale import parse_scale
+from search.space.scale import min_filters, parse_scale
 from search.space.searchspace import SearchSpace
 from search.strategies.base import Outcome, Proposal, Strategy, StrategyConfig, create_strategy
 from search.trials.history import read_history
 from search.trials.selection import select_best
 
-SCALE = parse_scale("1@16", image_size=16)
+
+def narrowest(genotype: Genotype):
+    """The narrowest scale for the genotype's block count (2 channels per op)."""
+    return parse_scale(f"1@{min_filters(genotype.num_blocks)}", image_size=16)
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Cost:
 
 
 class CountingEvaluator:
-    """Accuracy = share of parametric ops; latency = MACs of a real 1@16 network / 1e5."""
+    """Accuracy = share of parametric ops; latency = MACs of the narrowest real network / 1e5."""
 
     def __init__(self, sleep: float = 0.0):
         self.accuracy_calls: list[str] = []
@@ -62,7 +65,7 @@ class CountingEvaluator:
         return Accuracy(0.2 + 0.7 * sum("conv" in op for op in ops) / len(ops))
 
     def cost(self, genotype: Genotype) -> Cost:
-        c = model_cost(genotype, SCALE, num_classes=10)
+        c = model_cost(genotype, narrowest(genotype), num_classes=10)
         return Cost(c.macs / 1e5, c.macs, c.params)
 
     def evaluator(self, budget_ms: float = 3.0) -> Evaluator:

@@ -8,7 +8,7 @@ import torch
 from search.nn.model import build_model
 from search.space.genotype import LITE, NASNET_A, Block, Cell, Genotype
 
-TINY = "1@16"
+TINY = "1@48"
 
 
 def test_cifar_layout_shapes_and_widths():
@@ -71,14 +71,14 @@ def test_concat_combine_keeps_width():
         Block((2, 1), ("identity", "conv_1x1")),
     ))
     genotype = Genotype(cell, cell)
-    model = build_model(genotype, "1@8", image_size=16).eval()
+    model = build_model(genotype, "1@48", image_size=16).eval()
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
 
 
 def test_reduction_cell_concatenating_an_input_state():
     # Input state 0 is never consumed, so the reduction cell must reduce it for the concat.
     cell = Cell((Block((1, 1), ("max_pool_3x3", "identity")),))
-    model = build_model(Genotype(cell, cell), "1@8", image_size=16).eval()
+    model = build_model(Genotype(cell, cell), "1@48", image_size=16).eval()
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
 
 

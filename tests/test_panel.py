@@ -1,6 +1,6 @@
 """Latency panels: written by ``search.latency panel``, timed torch-free by ``serve.bench --panel``.
 
-Real tiny panels (1@16 at 16 px): real export, real ONNX Runtime timing, real files.
+Real tiny panels (1@48 at 16 px): real export, real ONNX Runtime timing, real files.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from search.space.searchspace import SearchSpace
 from serve import bench
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = PanelSpec(target_variant="1@16", samples=3, image_size=16, blocks=2, seed=7)
+SPEC = PanelSpec(target_variant="1@48", samples=3, image_size=16, blocks=2, seed=7)
 FAST = PanelTiming(threads=1, warmup=1, repeats=5)
 
 
@@ -45,14 +45,14 @@ def panel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_panel_holds_seeded_distinct_genotypes_built_as_the_search_builds_them(panel: Path) -> None:
     manifest = read_manifest(panel)
     assert (manifest["format"], manifest["version"], manifest["batch"]) == ("nasdeploy-latency-panel", 1, 1)
-    assert (manifest["target_variant"], manifest["image_size"], manifest["blocks"]) == ("1@16", 16, 2)
+    assert (manifest["target_variant"], manifest["image_size"], manifest["blocks"]) == ("1@48", 16, 2)
     assert [m["id"] for m in manifest["models"]] == ["p000", "p001", "p002"]
     genotypes = [Genotype.from_dict(m["genotype"]) for m in manifest["models"]]
     assert genotypes == sample_genotypes(SearchSpace(2), 3, seed=7)  # same seed, same genotypes
     assert len({g.to_json() for g in genotypes}) == 3
     for model, genotype in zip(manifest["models"], genotypes, strict=True):
         SearchSpace(2).encode(genotype)  # inside the search space
-        _, macs, params = build_deployment_model(genotype, "1@16", 10, 16)
+        _, macs, params = build_deployment_model(genotype, "1@48", 10, 16)
         assert (model["macs"], model["params"]) == (macs, params)
         assert (panel / model["file"]).stat().st_size > 1000
     assert sample_genotypes(SearchSpace(2), 3, seed=8) != genotypes
@@ -64,7 +64,7 @@ def test_measure_panel_times_every_model_with_median_and_spread(panel: Path, tmp
     lines = []
     measurements = measure_panel(panel, FAST, lambda done, total, row: lines.append((done, total, row["id"])))
     assert measurements["format"] == MEASUREMENTS_FORMAT and measurements["version"] == 1
-    assert measurements["panel"] == {"target_variant": "1@16", "image_size": 16, "num_classes": 10,
+    assert measurements["panel"] == {"target_variant": "1@48", "image_size": 16, "num_classes": 10,
                                      "blocks": 2, "batch": 1}
     device = measurements["device"]
     assert (device["runtime"], device["provider"], device["threads"], device["precision"]) == (
@@ -159,7 +159,7 @@ def test_panel_mode_refuses_a_model_too_and_a_missing_folder(panel: Path, tmp_pa
 
 
 def test_latency_cli_panel_then_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = ["--target-variant", "1@16", "--image-size", "16", "--blocks", "2", "--samples", "2"]
+    common = ["--target-variant", "1@48", "--image-size", "16", "--blocks", "2", "--samples", "2"]
     assert latency_main(["panel", *common, "--out", str(tmp_path / "a"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["models"] == 2 and summary["format"] == "nasdeploy-latency-panel"

@@ -116,7 +116,7 @@ def test_reference_genotype_outside_the_space_still_reports(tmp_path):
 # ---------------------------------------------------------------- plots
 
 CTX = ReportContext(5.0, "digits", None, {"reward": {"alpha": -0.07, "beta": -0.07}},
-                    strategy="tpe", latency_device="cpu", target=describe_target("1@16", 16))
+                    strategy="tpe", latency_device="cpu", target=describe_target("1@48", 16))
 
 
 def _many(n: int, strategy: str = "tpe", seed: int = 0) -> list[TrialRecord]:
@@ -149,7 +149,7 @@ def _legend_text(fig) -> str:
 def test_titles_name_strategy_device_target_and_budget(build):
     fig = build(RECORDS, CTX, select_best(RECORDS))
     title = fig.axes[0].get_title()
-    for part in ("tpe", "digits", "on cpu", "1@16 (16 px)", "budget 5 ms", "8 trials"):
+    for part in ("tpe", "digits", "on cpu", "1@48 (16 px)", "budget 5 ms", "8 trials"):
         assert part in title, (part, title)
 
 

@@ -18,9 +18,9 @@ from search.training.final import near_chance
 from search.trials.history import read_history
 from search.trials.runinfo import resolve_run, trained_checkpoint
 
-TARGET, SIZE = "1@16", 8
+TARGET, SIZE = "1@48", 8
 SEARCH = ["--latency-budget", "5ms", "--dataset", "digits", "--target-variant", TARGET,
-          "--child-scale", "1@8", "--child-train-size", "200", "--image-size", str(SIZE), "--trials", "3",
+          "--child-scale", "1@48", "--child-train-size", "200", "--image-size", str(SIZE), "--trials", "3",
           "--strategy", "random", "--no-progress"]
 TRAIN = ["--epochs", "1", "--train-size", "120", "--no-progress"]
 

@@ -236,7 +236,7 @@ def test_search_serve_and_app_report_the_same_numbers_for_the_same_runs(
     assert want.p90_ms != statistics.quantiles(samples, n=10)[-1]  # the rules really differ here
 
     real_create = sessions.create_session  # the meter's sessions come from the one factory
-    settings = latency.LatencySettings(scale="1@16", image_size=16, warmup=2, repeats=10, threads=1,
+    settings = latency.LatencySettings(scale="1@48", image_size=16, warmup=2, repeats=10, threads=1,
                                        max_time_s=60.0, retries=0)  # one scripted pass, no re-measure
     with monkeypatch.context() as patch:  # only the meter's session runs on the scripted clock
         patch.setattr(sessions, "create_session", lambda path, settings: ClockedSession(

@@ -14,7 +14,7 @@ from search.run import main as run_main
 from search.runtime.panel import MEASUREMENTS_NAME, PanelTiming
 from search.trials.history import read_history
 
-TARGET, SIZE = "1@16", 8
+TARGET, SIZE = "1@48", 8
 SEARCH = [
     "--latency-budget",
     "5ms",
@@ -23,7 +23,7 @@ SEARCH = [
     "--target-variant",
     TARGET,
     "--child-scale",
-    "1@8",
+    "1@48",
     "--child-train-size",
     "200",
     "--image-size",
@@ -74,8 +74,8 @@ def test_latency_predict_prints_a_prediction_per_genotype(predictor: Path, capsy
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--target-variant", "2@16"], "was made for 1@16 at 8 px"),
-        (["--image-size", "16"], "was made for 1@16 at 8 px"),
+        (["--target-variant", "2@48"], "was made for 1@48 at 8 px"),
+        (["--image-size", "16"], "was made for 1@48 at 8 px"),
         (["--blocks", "2"], "cells of 5 blocks, not 2"),
         (["--latency-threads", "2"], "profiled with 1 thread(s), not 2"),
         (["--latency-device", "cuda"], "profiled on cpu"),

@@ -115,7 +115,7 @@ def test_bench_json_report(tiny, tmp_path, capsys):
         assert row["throughput_ips"] == pytest.approx(expected, rel=1e-6)
     assert report["runtime"]["provider"] == "CPUExecutionProvider"
     assert report["host"]["cores"] >= 1 and report["host"]["onnxruntime"]
-    assert report["model_info"]["scale"] == "1@16" and report["model_info"]["image_size"] == 16
+    assert report["model_info"]["scale"] == "1@48" and report["model_info"]["image_size"] == 16
 
 
 def test_bench_skips_batch_sizes_a_fixed_model_cannot_run(tiny, tmp_path, capsys):

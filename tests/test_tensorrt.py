@@ -32,7 +32,7 @@ NO_TRT = missing_requirement()
 def model_dir(tmp_path_factory):
     """A tiny exported fp32 model (dynamic batch) with a QDQ int8 sibling."""
     out = tmp_path_factory.mktemp("trt")
-    config = ExportConfig(source="lite", variant="1@16", image_size=16, out=str(out))
+    config = ExportConfig(source="lite", variant="1@48", image_size=16, out=str(out))
     export_model(config, log=lambda *_: None)
     images = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
     quantize_qdq(out / "model.onnx", out / "model.int8.onnx", images)

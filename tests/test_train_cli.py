@@ -14,7 +14,7 @@ from search.train import main
 from search.training import final as final_mod
 from search.training.final import default_out_dir
 
-TINY = ["--dataset", "digits", "--variant", "1@16", "--image-size", "8", "--train-size", "200",
+TINY = ["--dataset", "digits", "--variant", "1@48", "--image-size", "8", "--train-size", "200",
         "--batch", "32", "--no-progress"]
 
 
@@ -28,7 +28,7 @@ def finished(tmp_path_factory) -> Path:
 def test_training_writes_a_rebuildable_checkpoint_and_log(finished: Path, capsys) -> None:
     model, spec, raw = load_checkpoint(finished / "checkpoint.pt")
     assert spec.genotype == REFERENCE_GENOTYPES["lite"]
-    assert (spec.scale, spec.image_size, spec.num_classes, spec.dataset) == ("1@16", 8, 10,
+    assert (spec.scale, spec.image_size, spec.num_classes, spec.dataset) == ("1@48", 8, 10,
                                                                              "digits")
     assert spec.class_names == tuple(str(i) for i in range(10)) and spec.auxiliary
     assert len(spec.mean) == 3 and all(s > 0 for s in spec.std)

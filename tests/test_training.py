@@ -31,7 +31,7 @@ def digits():
 
 
 def _model(auxiliary: bool = False, drop_path: float = 0.0):
-    return build_model(REFERENCE_GENOTYPES["lite"], "1@16", num_classes=10, image_size=8,
+    return build_model(REFERENCE_GENOTYPES["lite"], "1@48", num_classes=10, image_size=8,
                        auxiliary=auxiliary, drop_path_prob=drop_path)
 
 

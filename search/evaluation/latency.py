@@ -180,7 +180,7 @@ class LatencyMeter:
 
     def __call__(self, genotype: Genotype) -> DeploymentCost:
         """The cost of ``genotype``, measured once per canonical genotype."""
-        key = genotype.to_json()
+        key = genotype.key()
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -279,7 +279,7 @@ class PredictedMeter:
         self._costs: dict[str, DeploymentCost] = {}
 
     def __call__(self, genotype: Genotype) -> DeploymentCost:
-        key = genotype.to_json()
+        key = genotype.key()
         if key not in self._costs:
             start = time.perf_counter()
             latency = self.predictor.predict(genotype)

@@ -89,7 +89,7 @@ def sample_genotypes(space: SearchSpace, count: int, seed: int) -> list[Genotype
             raise NasdeployError(f"the {space.num_blocks}-block space has too few distinct genotypes "
                                  f"for {count} samples")
         genotype = space.decode([int(rng.integers(d.size)) for d in decisions])
-        found.setdefault(genotype.to_json(), genotype)
+        found.setdefault(genotype.key(), genotype)
     return list(found.values())
 
 

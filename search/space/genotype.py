@@ -90,13 +90,60 @@ class Genotype:
         }
 
     def to_json(self) -> str:
-        """Canonical compact JSON: equal genotypes give equal strings (a cache key)."""
+        """Compact JSON with sorted keys: equal genotypes give equal strings."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def canonical(self) -> Genotype:
+        """The same network in its one canonical spelling (see :func:`canonical_cell`)."""
+        return Genotype(canonical_cell(self.normal), canonical_cell(self.reduce))
+
+    def key(self) -> str:
+        """One key per network: the compact JSON of :meth:`canonical`.
+
+        Dedup, the latency cache and the trial history compare genotypes by this key, so
+        two spellings of one network are one candidate.
+        """
+        return self.canonical().to_json()
 
     @classmethod
     def from_dict(cls, data: Any) -> Genotype:
         """Validate ``data`` and build a genotype; raises :class:`GenotypeError`."""
         return _parse_genotype(data)
+
+
+def _branch_order(branch: tuple[int, str]) -> tuple[int, int]:
+    return branch[0], OP_NAMES.index(branch[1]) if branch[1] in OP_NAMES else len(OP_NAMES)
+
+
+def canonical_cell(cell: Cell) -> Cell:
+    """``cell`` with each block's two (input, op) branches in one order.
+
+    A block's two branches are interchangeable: with ``add`` the sum commutes; with
+    ``concat`` swapping them only permutes the input channels of the 1x1 convolution that
+    follows, a network with the same function class, size and cost. The branch with the
+    smaller input index comes first (then the op's registry order). Which states the cell
+    concatenates depends only on which states are consumed, so it is unchanged.
+    """
+    blocks = []
+    for block in cell.blocks:
+        branches = sorted(zip(block.inputs, block.ops, strict=True), key=_branch_order)
+        blocks.append(Block((branches[0][0], branches[1][0]), (branches[0][1], branches[1][1]),
+                            block.combine))
+    return Cell(tuple(blocks), cell.concat)
+
+
+def canonical_space_size(num_blocks: int, num_ops: int = len(OP_NAMES),
+                         num_combines: int = len(COMBINES)) -> int:
+    """Distinct networks in the search space with ``num_blocks`` blocks per cell.
+
+    Block b chooses an unordered pair (with repetition) of branches out of ``(b + 2) *
+    num_ops`` (input, op) choices, and a combine; the two cells choose independently.
+    """
+    per_cell = 1
+    for b in range(num_blocks):
+        branches = (b + 2) * num_ops
+        per_cell *= branches * (branches + 1) // 2 * num_combines
+    return per_cell * per_cell
 
 
 def _fail(where: str, message: str) -> GenotypeError:

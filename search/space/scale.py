@@ -138,10 +138,31 @@ def cell_channels(filters: int, num_blocks: int, num_reductions: int = 2) -> int
     NASNet-A does (its normal cell outputs h[k-2] and its five blocks), after
     ``num_reductions`` doublings: ``F = (B + 1) * C * 2**num_reductions``. Every genotype
     with B blocks gets the same C, so candidates are compared at equal per-op width and a
-    cell that concatenates fewer states is narrower (and cheaper), not wider. At least 2,
-    since a factorized reduction needs two halves.
+    cell that concatenates fewer states is narrower (and cheaper), not wider. F is rounded
+    to the nearest multiple of ``(B + 1) * 2**num_reductions`` (24 for B = 5);
+    :func:`scale_summary` names the F actually built when it differs.
+
+    Raises:
+        NasdeployError: F below :func:`min_filters` (C would be under 2: a factorized
+            reduction needs two halves). An F that cannot be built is refused instead of
+            silently widened, so that two different N@F never build the same network.
     """
-    return max(2, round(filters / ((num_blocks + 1) * 2**num_reductions)))
+    step = (num_blocks + 1) * 2**num_reductions
+    if filters < min_filters(num_blocks, num_reductions):
+        raise NasdeployError(f"F={filters} is narrower than the narrowest network of {num_blocks}-block "
+                             f"cells: F must be at least {2 * step} (2 channels per op; F = "
+                             f"{step} x channels per op)")
+    return max(2, round(filters / step))
+
+
+def min_filters(num_blocks: int, num_reductions: int = 2) -> int:
+    """Smallest F with cells of ``num_blocks`` blocks: 2 channels per op (48 for B = 5)."""
+    return 2 * (num_blocks + 1) * 2**num_reductions
+
+
+def built_filters(filters: int, num_blocks: int, num_reductions: int = 2) -> int:
+    """The F actually built for a requested F: ``(B + 1) * C * 2**num_reductions``."""
+    return (num_blocks + 1) * 2**num_reductions * cell_channels(filters, num_blocks, num_reductions)
 
 
 def output_channels(scale: Scale, genotype: Genotype | None = None) -> int:
@@ -169,7 +190,10 @@ def scale_summary(scale: Scale, genotype: Genotype | None = None) -> str:
     text = (f"{label}: {scale.num_cells} normal cells x 3 stages + 2 reduction cells, {scale.layout} "
             f"layout at {scale.image_size} px; per-op width {c}/{2 * c}/{4 * c} channels by stage; "
             f"last cell outputs {out} channels")
-    if genotype is not None and out != scale.filters:
+    built = built_filters(scale.filters, blocks)
+    if built != scale.filters:
+        text += f" (F={scale.filters} is rounded to {built}, a multiple of {4 * (blocks + 1)})"
+    elif genotype is not None and out != scale.filters:
         states = len(genotype.normal.output_states())
         text += (f" (F={scale.filters} assumes {blocks + 1} concatenated states, "
                  f"this normal cell concatenates {states})")

@@ -150,7 +150,7 @@ class OptunaStrategy(Strategy):
             values = {d.name: trial.suggest_categorical(d.name, d.choices)
                       for d in self.space.decisions()}
             genotype = self.space.from_values(values)
-            earlier = self.failed.get(genotype.to_json())
+            earlier = self.failed.get(genotype.key())
             if earlier is None or attempt == _MAX_SKIPS:
                 break
             trial.set_user_attr(_SKIPPED, f"same genotype as failed loop trial {earlier}")
@@ -193,7 +193,7 @@ class OptunaStrategy(Strategy):
             self.study.tell(trial, values)
 
     def observe(self, proposal: Proposal, outcome: Outcome) -> None:
-        key = outcome.genotype_key or proposal.genotype.to_json()
+        key = outcome.genotype_key or proposal.genotype.key()
         self._tell(proposal.info["trial"], outcome, proposal.info["loop_trial"], key)
 
     def resume(self, records: Sequence[TrialRecord]) -> None:
