@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,9 @@ from search.trials.history import read_history
 
 ARTIFACTS = ("genotype.json", "trials.jsonl", "pareto.json", "pareto.png", "reward.png",
              "summary.md", "config.json")
-# a tiny but real search: 1@8 children on 200 digits images, latency of a 1@16 network
-TINY = ["--dataset", "digits", "--child-scale", "1@8", "--child-train-size", "200",
-        "--target-variant", "1@16", "--blocks", "2", "--no-progress"]
+# a tiny but real search: 1@48 children on 200 digits images, latency of a 1@48 network
+TINY = ["--dataset", "digits", "--child-scale", "1@48", "--child-train-size", "200",
+        "--target-variant", "1@48", "--blocks", "2", "--no-progress"]
 
 
 def _one_line_error(capsys, argv: list[str], contains: str) -> None:
@@ -150,7 +151,8 @@ def test_ctrl_c_then_kill_9_then_resume_loses_and_repeats_nothing(capsys, tmp_pa
     assert main(["--resume", str(out), "--no-progress"]) == 0
     records = read_history(history)
     assert [r.trial for r in records] == [0, 1, 2, 3, 4]
-    assert records[:len(after_kill)] == after_kill
+    searched = [replace(r, rerank_accuracy=None, rerank_reward=None, rerank_seeds=None) for r in records]
+    assert searched[:len(after_kill)] == after_kill  # re-ranking after the search only adds its scores
     for name in ARTIFACTS:
         assert Path(out, name).exists(), name
 

@@ -411,15 +411,28 @@ def plot_rewards(path: Path, records: Sequence[TrialRecord], ctx: ReportContext,
     _save(reward_figure(records, ctx, best), path)
 
 
-def best_metadata(best: Selection, ctx: ReportContext) -> dict[str, Any]:
-    """The ``metadata`` stored with the selected genotype."""
+def best_metadata(best: Selection, ctx: ReportContext,
+                  search_choice: Selection | None = None) -> dict[str, Any]:
+    """The ``metadata`` stored with the selected genotype.
+
+    ``accuracy`` and ``reward`` are the search's scores; a candidate re-ranked at higher
+    fidelity adds ``rerank_accuracy``, ``rerank_reward`` and ``rerank_seeds``, and
+    ``search_choice`` (the trial the search alone selected) with ``rerank_changed_winner``.
+    """
     r = best.record
-    return {"accuracy": r.accuracy, "accuracy_kind": "validation accuracy of the proxy child",
+    meta = {"accuracy": r.accuracy, "accuracy_kind": "validation accuracy of the proxy child",
             "latency_ms": r.latency_ms, "macs": r.macs, "params": r.params,
             "reward": r.reward, "feasible": best.feasible, "selection": best.note,
             "trial": r.trial, "strategy": r.strategy, "dataset": ctx.dataset,
-            "latency_budget_ms": ctx.latency_budget_ms, "macs_budget": ctx.macs_budget,
-            "search": ctx.settings}
+            "latency_budget_ms": ctx.latency_budget_ms, "macs_budget": ctx.macs_budget}
+    if r.rerank_accuracy is not None:
+        meta.update(rerank_accuracy=r.rerank_accuracy, rerank_reward=r.rerank_reward,
+                    rerank_seeds=r.rerank_seeds)
+    if best.reranked and search_choice is not None:
+        meta.update(search_choice=search_choice.record.trial,
+                    rerank_changed_winner=search_choice.record.trial != r.trial)
+    meta["search"] = ctx.settings
+    return meta
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -453,6 +466,28 @@ def _plots_note(records: Sequence[TrialRecord], ctx: ReportContext) -> str:
     return f"{note}, {REWARD_PNG_NAME} (MnasNet reward per trial)"
 
 
+def _rerank_markdown(records: Sequence[TrialRecord], best: Selection | None) -> list[str]:
+    """The candidates re-ranked at higher fidelity, best re-ranked reward first."""
+    reranked = sorted((r for r in measured(records) if r.rerank_reward is not None),
+                      key=lambda r: (-(r.rerank_reward or 0.0), r.trial))
+    if not reranked:
+        return []
+    seeds = reranked[0].rerank_seeds or []
+    plain = select_best(records, rerank=False)
+    lines = ["## Re-ranked at higher fidelity", "",
+             f"The best feasible candidates were trained again (longer, on more images, seeds "
+             f"{', '.join(str(s) for s in seeds)}); the reward was recomputed with the mean accuracy.", ""]
+    if best is not None and best.reranked and plain is not None:
+        verdict = "changed the winner to" if plain.record.trial != best.record.trial else "kept"
+        lines += [f"**Re-ranking {verdict} trial {best.record.trial}** (the search alone chose trial "
+                  f"{plain.record.trial}).", ""]
+    lines += ["| trial | search val acc | search reward | re-ranked val acc | re-ranked reward | feasible |",
+              "| ---: | ---: | ---: | ---: | ---: | :-: |"]
+    lines += [f"| {r.trial} | {r.accuracy:.4f} | {r.reward:.4f} | {_fmt(r.rerank_accuracy, '.4f')} | "
+              f"{_fmt(r.rerank_reward, '.4f')} | {'yes' if r.feasible else 'no'} |" for r in reranked]
+    return [*lines, ""]
+
+
 def summary_markdown(records: Sequence[TrialRecord], ctx: ReportContext,
                      best: Selection | None) -> str:
     """The human summary of a run."""
@@ -472,6 +507,7 @@ def summary_markdown(records: Sequence[TrialRecord], ctx: ReportContext,
     else:
         lines += [f"## Selected genotype ({GENOTYPE_NAME})", "", f"**{best.note}.**", "",
                   _HEADER, _row(best.record), "", *_cells_markdown(best.record), ""]
+    lines += _rerank_markdown(records, best)
     lines += ["## Pareto front (accuracy vs latency)", "", _HEADER,
               *[_row(r) for r in pareto_front(records)], "",
               "## Top 5 by reward", "", _HEADER,
@@ -496,7 +532,8 @@ def write_report(run_dir: str | Path, records: Sequence[TrialRecord],
     out = Path(run_dir)
     best = select_best(records)
     if best is not None:
-        save_genotype(best.record.to_genotype(), out / GENOTYPE_NAME, best_metadata(best, ctx))
+        save_genotype(best.record.to_genotype(), out / GENOTYPE_NAME,
+                      best_metadata(best, ctx, select_best(records, rerank=False)))
     write_pareto_json(out / PARETO_JSON_NAME, records, ctx)
     plot_pareto(out / PARETO_PNG_NAME, records, ctx, best)
     if strategy_metrics(run_strategy(records, ctx)) != REWARD_METRICS:

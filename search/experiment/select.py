@@ -39,13 +39,19 @@ class Reselection:
 
 
 def rescore(record: TrialRecord, reward: RewardConfig) -> TrialRecord:
-    """``record`` with feasibility and reward under ``reward`` (unmeasured trials unchanged)."""
+    """``record`` with feasibility and reward under ``reward`` (unmeasured trials unchanged).
+
+    A re-ranked trial's ``rerank_reward`` is recomputed from its ``rerank_accuracy`` too.
+    """
     if record.latency_ms is None or not math.isfinite(record.latency_ms):
         return record
     ok = record.status == "ok"
+    reranked = None if record.rerank_accuracy is None else \
+        mnas_reward(record.rerank_accuracy, record.latency_ms, reward, record.macs) if ok else 0.0
     return dataclasses.replace(
         record, feasible=ok and is_feasible(record.latency_ms, reward, record.macs),
-        reward=mnas_reward(record.accuracy, record.latency_ms, reward, record.macs) if ok else 0.0)
+        reward=mnas_reward(record.accuracy, record.latency_ms, reward, record.macs) if ok else 0.0,
+        rerank_reward=reranked)
 
 
 def _previous(run_dir: Path) -> tuple[int | None, dict[str, Any]]:
@@ -93,6 +99,9 @@ def reselect(run_dir: str | Path, latency_budget: str | None = None, macs_budget
         settings["reward"] = {"alpha": reward.exponents[0], "beta": reward.exponents[1], "hard": reward.hard}
         settings["selected_by"] = "search.select"
         settings.pop("latency_check", None)  # it measured the previous winner
+        if isinstance(settings.get("rerank"), dict):  # which trial won is decided again below
+            settings["rerank"] = {k: v for k, v in settings["rerank"].items()
+                                  if k not in ("search_choice", "winner", "changed")}
         ctx = ReportContext(reward.latency_budget_ms, config.dataset, reward.macs_budget, settings)
         selection = write_report(run, rescored, ctx)
     measured = [r for r in rescored

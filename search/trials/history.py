@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from search.core.atomic import append_line
+from search.core.atomic import append_line, atomic_write_text
 from search.core.errors import NasdeployError, shorten
 from search.core.jsonio import JsonError, annotation_words, fits_annotation, loads_json, read_limited
 from search.space.genotype import Genotype
@@ -31,6 +31,10 @@ class TrialRecord:
     genotype was proposed again (no retraining); it is ``None`` for fresh evaluations.
     ``latency_p10_ms``/``latency_p90_ms`` are the spread of the timed runs behind
     ``latency_ms`` (their median); ``None`` in older records and for unmeasured latency.
+    ``rerank_accuracy``/``rerank_reward``/``rerank_seeds`` are set on the candidates trained
+    again at higher fidelity after the search (:mod:`search.experiment.rerank`): the mean
+    validation accuracy over ``rerank_seeds`` and the reward recomputed with it and this
+    trial's latency and MACs; ``None`` for every other trial and in older files.
     """
 
     trial: int
@@ -51,14 +55,17 @@ class TrialRecord:
     duplicate_of: int | None = None
     latency_p10_ms: float | None = None
     latency_p90_ms: float | None = None
+    rerank_accuracy: float | None = None
+    rerank_reward: float | None = None
+    rerank_seeds: list[int] | None = None
 
     def to_genotype(self) -> Genotype:
         return Genotype.from_dict(self.genotype)
 
     @property
     def genotype_key(self) -> str:
-        """Canonical JSON of the genotype (equal genotypes, equal keys)."""
-        return self.to_genotype().to_json()
+        """One key per network (:meth:`Genotype.key`: two spellings of one network, one key)."""
+        return self.to_genotype().key()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +83,9 @@ class TrialRecord:
             if f.name in data and not fits_annotation(data[f.name], str(f.type)):
                 raise ValueError(f"field {f.name!r} must be {annotation_words(str(f.type))}, "
                                  f"got {shorten(data[f.name])}")
+        seeds = data.get("rerank_seeds")
+        if seeds is not None and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(f"field 'rerank_seeds' must be a list of whole numbers, got {shorten(seeds)}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -88,6 +98,13 @@ def utc_now() -> str:
 def append_record(path: str | os.PathLike[str], record: TrialRecord) -> None:
     """Append one line durably (write, flush, fsync)."""
     append_line(path, json.dumps(record.to_dict(), sort_keys=True, allow_nan=False))
+
+
+def write_history(path: str | os.PathLike[str], records: list[TrialRecord]) -> None:
+    """Replace the whole file with ``records`` atomically (only while the run's lock is held
+    and no trial is being appended: after the search, to record re-ranked scores)."""
+    atomic_write_text(path, "".join(json.dumps(r.to_dict(), sort_keys=True, allow_nan=False) + "\n"
+                                    for r in records))
 
 
 def _split(path: Path) -> tuple[list[TrialRecord], int]:
