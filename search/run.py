@@ -54,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dataset", help="cifar10, cifar100, digits or imagefolder (default: cifar10)")
     add("--data-dir", metavar="PATH", help="dataset folder or .npz for CIFAR or imagefolder (default: "
                                            "torchvision's cache, ~/.cache/nasdeploy)")
-    add("--child-scale", metavar="N@F", help="proxy network size (default: 1@32 for digits and CIFAR, 1@64 "
-                                             "for image folders)")
+    add("--child-scale", metavar="N@F", help="proxy network size, 8 channels per op by default; F is at "
+                                             "least 48 for 5-block cells (default: 1@192)")
+    add("--child-image-size", type=cli.positive_int, metavar="PX",
+        help="side the proxy child trains at, at most the data's (default: 16 for CIFAR, the data's "
+             "otherwise)")
     add("--child-epochs", type=cli.positive_int, metavar="E", help="training epochs per child (default: 1)")
     add("--child-train-size", type=cli.positive_int, metavar="K",
         help="train each child on K images (default: 5000 for CIFAR, all for digits and image folders)")
@@ -73,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict latency with this file from search.latency fit (profiled on the target device) "
              "instead of timing every candidate; the best candidates are still measured at the end "
              "(default: none, every candidate is timed)")
+    add("--evaluator", choices=["proxy", "oneshot"],
+        help="how a candidate's accuracy is estimated: proxy (a small network of its cells trained "
+             "briefly) or oneshot (validation accuracy with weights inherited from one supernet "
+             "trained once per run) (default: proxy)")
+    add("--supernet-epochs", type=cli.positive_int, metavar="E",
+        help="oneshot: supernet training epochs before candidates are scored (default: per dataset)")
+    add("--rerank", type=cli.non_negative_int, metavar="K",
+        help="after the search, train the K best feasible candidates again at higher fidelity "
+             "(longer, 2 seeds) and pick the winner by that; 0 turns it off (default: 3)")
     add("--device", help="child training device: auto, cpu or cuda (default: auto)")
     add("--blocks", type=cli.positive_int, metavar="B", help="blocks per cell (default: 5)")
     add("--seed", type=int, help="random seed (default: 0)")

@@ -124,3 +124,18 @@ def test_a_predictor_from_another_device_is_not_checked_against_this_host(
     assert "not measured here (the predictor was profiled on Jetson Orin" in out and "WARNING" not in out
     check = json.loads((run / GENOTYPE_NAME).read_text())["metadata"]["search"]["latency_check"]
     assert len(check) == 1 and "skipped" in check[0]
+
+
+def test_the_analytic_meter_has_exact_params_and_close_macs_without_building(predictor: Path) -> None:
+    from search.evaluation.latency import LatencySettings, PredictedMeter
+    from search.evaluation.panel import sample_genotypes
+    from search.evaluation.predictor import load_predictor
+    from search.space.searchspace import SearchSpace
+
+    settings = LatencySettings(scale=TARGET, image_size=SIZE, num_classes=10)
+    exact = PredictedMeter(load_predictor(predictor), settings, 5)
+    fast = PredictedMeter(load_predictor(predictor), settings, 5, exact_macs=False)
+    for genotype in sample_genotypes(SearchSpace(5), 4, seed=11):
+        a, b = exact(genotype), fast(genotype)
+        assert a.latency_ms == b.latency_ms and a.params == b.params
+        assert 0.8 < b.macs / a.macs < 1.2

@@ -10,8 +10,12 @@ constant                   file                       what it is (written by)
 ``LOCK_NAME``              ``.lock``                  one search per run directory (search.run)
 ``HISTORY_NAME``           ``trials.jsonl``           one trial record per line (search loop)
 ``LATENCY_CACHE_NAME``     ``latency_cache.jsonl``    measured latency per genotype (search.run)
+``RERANK_NAME``            ``rerank.jsonl``           re-ranked children, one per line (search.run)
 ``STUDY_DB_NAME``          ``study.db``               Optuna's SQLite study (optuna strategies)
 ``CONTROLLER_NAME``        ``controller.pt``          RL controller state, for resume (rl strategy)
+``SUPERNET_NAME``          ``supernet.pt``            weight-sharing supernet, for resume (oneshot)
+``PREDICTOR_NAME``         ``latency_predictor.json`` predictor profiled on this host (oneshot)
+``PROFILE_DIR_NAME``       ``latency_profile/``       its panel and measurements (oneshot)
 ``GENOTYPE_NAME``          ``genotype.json``          the selected cell (search report)
 ``PARETO_JSON_NAME``       ``pareto.json``            accuracy/latency Pareto front (search report)
 ``PARETO_PNG_NAME``        ``pareto.png``             its plot (search report)
@@ -37,8 +41,12 @@ CONFIG_NAME = "config.json"
 LOCK_NAME = ".lock"
 HISTORY_NAME = "trials.jsonl"
 LATENCY_CACHE_NAME = "latency_cache.jsonl"
+RERANK_NAME = "rerank.jsonl"
 STUDY_DB_NAME = "study.db"
 CONTROLLER_NAME = "controller.pt"
+SUPERNET_NAME = "supernet.pt"
+PREDICTOR_NAME = "latency_predictor.json"
+PROFILE_DIR_NAME = "latency_profile"
 GENOTYPE_NAME = "genotype.json"
 PARETO_JSON_NAME = "pareto.json"
 PARETO_PNG_NAME = "pareto.png"

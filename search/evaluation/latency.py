@@ -257,9 +257,12 @@ class LatencyMeter:
 class PredictedMeter:
     """Callable cost model like :class:`LatencyMeter`, with latency from a fitted predictor.
 
-    The latency is predicted from the genotype's structure (well under a millisecond); MACs
-    and params are still counted on the built model (about a second at the ``cifar`` target),
-    so a candidate costs about that instead of an export and a timing run. Nothing is cached
+    The latency is predicted from the genotype's structure (well under a millisecond).
+    Params are exact without building anything (:func:`search.space.scale.estimate_size`).
+    MACs are counted on the built model when ``exact_macs`` (about a second at the ``cifar``
+    target, more than a one-shot evaluator spends on the candidate: a search passes it only
+    with a MAC budget), otherwise they are the predictor's analytic count (within 20 % of
+    torch's, tested in tests/test_predictor.py). Nothing is cached
     on disk: a prediction is cheaper than reading one back.
 
     Raises:
@@ -267,10 +270,13 @@ class PredictedMeter:
             class count (one line).
     """
 
-    def __init__(self, predictor: Any, settings: LatencySettings, blocks: int | None = None):
+    def __init__(self, predictor: Any, settings: LatencySettings, blocks: int | None = None,
+                 *, exact_macs: bool = True):
         from search.space.scale import parse_scale
 
         scale = parse_scale(settings.scale, settings.image_size)
+        self.scale = scale
+        self.exact_macs = exact_macs
         predictor.check_target(settings.scale, scale.image_size, settings.num_classes, blocks)
         predictor.check_device(settings.device, settings.threads)
         self.predictor = predictor
@@ -286,8 +292,15 @@ class PredictedMeter:
             if not math.isfinite(latency) or latency <= 0:
                 raise MeasurementError(f"the latency predictor gives {latency:.3g} ms for this genotype: "
                                        "it lies outside what the predictor was fitted on")
-            _, macs, params = build_deployment_model(genotype, self.settings.scale, self.settings.num_classes,
-                                                     self.image_size)
+            if self.exact_macs:
+                _, macs, params = build_deployment_model(genotype, self.settings.scale,
+                                                         self.settings.num_classes, self.image_size)
+            else:
+                from search.evaluation.predictor import FEATURE_NAMES, features
+                from search.space.scale import estimate_size
+
+                macs = int(features(genotype, self.scale)[FEATURE_NAMES.index("total_macs")])
+                params = estimate_size(genotype, self.scale, self.settings.num_classes).params
             self._costs[key] = DeploymentCost(latency, macs, params, time.perf_counter() - start,
                                               f"predicted ({self.predictor.kind})",
                                               threads=self.predictor.target.device.get("threads"),

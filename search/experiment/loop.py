@@ -114,6 +114,7 @@ def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
 def _reuse(earlier: TrialRecord, trial: int, strategy: str, start: float) -> TrialRecord:
     return dataclasses.replace(
         earlier, trial=trial, strategy=strategy, duplicate_of=earlier.trial,
+        rerank_accuracy=None, rerank_reward=None, rerank_seeds=None,
         train_time_s=0.0, latency_time_s=0.0, wall_time_s=time.perf_counter() - start,
         finished_at=utc_now())
 
@@ -193,7 +194,8 @@ def _stop_reason(done: int, elapsed: float, max_trials: int | None,
 
 def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
              max_trials: int | None, time_budget_s: float | None = None,
-             progress: bool = True, stream: TextIO | None = None) -> LoopResult:
+             progress: bool = True, stream: TextIO | None = None,
+             setup_time_s: float = 0.0) -> LoopResult:
     """Run (or resume) the search in ``run_dir`` until a stop condition holds.
 
     Args:
@@ -206,6 +208,8 @@ def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
             that is not a terminal, as under ``nohup`` or in CI) prints one flushed line
             per finished trial instead (see :func:`trial_line`).
         stream: where progress goes (default ``sys.stderr``).
+        setup_time_s: time the run spent before its first trial that counts against
+            ``time_budget_s`` (a one-shot supernet's training, a latency profile).
     """
     if max_trials is None and time_budget_s is None:
         raise ValueError("give max_trials or time_budget_s (or both)")
@@ -215,7 +219,7 @@ def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
     strategy.resume(records)
     seen = {r.genotype_key: r for r in records if r.duplicate_of is None}
     before = len(records)
-    elapsed_before = sum(r.wall_time_s for r in records)
+    elapsed_before = setup_time_s + sum(r.wall_time_s for r in records)
     session_start = time.perf_counter()
     bar = _Progress(strategy.name, max_trials, before, time_budget_s, enabled=progress,
                     stream=sys.stderr if stream is None else stream)
@@ -227,7 +231,7 @@ def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
                 break
             start = time.perf_counter()
             proposal = strategy.propose()
-            key = proposal.genotype.to_json()
+            key = proposal.genotype.key()
             if key in seen:
                 record = _reuse(seen[key], len(records), strategy.name, start)
             else:

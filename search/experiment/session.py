@@ -31,6 +31,7 @@ from search.core.rundir import (
     LOCK_NAME,
     REPORT_FILES,
     STUDY_DB_NAME,
+    SUPERNET_NAME,
 )
 from search.core.units import parse_count, parse_duration, parse_latency
 from search.evaluation.reward import RewardConfig
@@ -58,6 +59,9 @@ MAX_SEED = 2**31 - 1
 """Largest seed (Optuna's samplers add the trial count to it and NumPy takes < 2**32)."""
 MAX_CHILD_EPOCHS = 100_000
 """Most training epochs per child."""
+EVALUATORS = ("proxy", "oneshot")
+"""How a candidate's accuracy is estimated: a proxy network trained per candidate, or
+inherited weights of one weight-sharing supernet (:mod:`search.evaluation.oneshot`)."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +71,19 @@ class ChildDefaults:
     scale: str
     epochs: int
     train_size: int | None
+    image_size: int | None = None
+    """Side the child trains at; ``None`` (or a larger side than the data's) uses the data's."""
 
 
 CHILD_DEFAULTS: dict[str, ChildDefaults] = {
-    # 1@32 on the 1,295 digits training images: ~5-10 s per child on one CPU core.
-    "digits": ChildDefaults("1@32", 1, None),
-    # CIFAR: one epoch of a 1@32 proxy on 5k images (seconds on a GPU, ~1-2 min on a CPU).
-    "cifar10": ChildDefaults("1@32", 1, 5000),
-    "cifar100": ChildDefaults("1@32", 1, 5000),
-    "imagefolder": ChildDefaults("1@64", 1, None),
+    # 1@192 (8 channels per op) on the 1,294 digits training images at 16 px: ~5 s per
+    # child on one CPU core.
+    "digits": ChildDefaults("1@192", 1, None),
+    # CIFAR: one epoch of 1@192 on 5,000 images at 16 px: ~18 s per child on one CPU core
+    # (chosen by benchmarks/evaluator_fidelity.py, see docs/search.md).
+    "cifar10": ChildDefaults("1@192", 1, 5000, 16),
+    "cifar100": ChildDefaults("1@192", 1, 5000, 16),
+    "imagefolder": ChildDefaults("1@192", 1, None),
 }
 
 
@@ -95,6 +103,7 @@ class SearchConfig:
     child_scale: str | None = None
     child_epochs: int | None = None
     child_train_size: int | None = None
+    child_image_size: int | None = None
     image_size: int | None = None
     target_variant: str = "cifar"
     latency_device: str = "cpu"
@@ -106,6 +115,9 @@ class SearchConfig:
     rl_batch: int = 4
     out: str | None = None
     study_name: str | None = None
+    evaluator: str = "proxy"
+    rerank: int | None = None
+    supernet_epochs: int | None = None
 
     def validate(self) -> None:
         """Check every setting; raise :class:`NasdeployError` with one line."""
@@ -115,11 +127,14 @@ class SearchConfig:
         if self.strategy not in available_strategies():
             raise NasdeployError(f"unknown strategy {self.strategy!r}; choose from "
                                  f"{', '.join(available_strategies())}")
+        if self.evaluator not in EVALUATORS:
+            raise NasdeployError(f"unknown evaluator {self.evaluator!r}; choose from "
+                                 f"{', '.join(EVALUATORS)}")
         if self.dataset not in CHILD_DEFAULTS:
             raise NasdeployError(f"unknown dataset {self.dataset!r}; choose from "
                                  f"{', '.join(CHILD_DEFAULTS)}")
         for name in ("trials", "child_epochs", "child_train_size", "blocks", "rl_batch",
-                     "image_size"):
+                     "image_size", "supernet_epochs", "child_image_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NasdeployError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -128,6 +143,12 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value > limit:
                 raise NasdeployError(f"--{name.replace('_', '-')} must be at most {limit}, got {value}"[:160])
+        if self.rerank is not None and self.rerank < 0:
+            raise NasdeployError(f"--rerank must be at least 0 (0: no re-ranking), got {self.rerank}"[:160])
+        if self.rerank is not None and self.max_trials is not None and self.rerank > self.max_trials:
+            raise NasdeployError(f"--rerank {self.rerank} is more than the {self.max_trials} trials of the "
+                                 f"search: re-ranking retrains the search's best candidates (give --rerank "
+                                 f"{self.max_trials} or fewer, 0 for none)")
         if not 0 <= self.seed <= MAX_SEED:
             raise NasdeployError(f"--seed must be from 0 to {MAX_SEED}, got {self.seed}"[:160])
         if self.study_name is not None and not (
@@ -162,7 +183,9 @@ class SearchConfig:
         size = self.image_size or DEFAULT_IMAGE_SIZE.get(self.dataset, 32)
         named = self.target_variant.strip().lower() in VARIANTS
         check_size(parse_scale(self.target_variant, None if named else size), self.blocks, num_classes)
-        check_size(parse_scale(self.child_defaults().scale, size), self.blocks, num_classes)
+        child = self.child_defaults()
+        child_size = min(child.image_size or size, size)
+        check_size(parse_scale(child.scale, child_size), self.blocks, num_classes)
 
     @property
     def max_trials(self) -> int | None:
@@ -185,7 +208,8 @@ class SearchConfig:
     def child_defaults(self) -> ChildDefaults:
         base = CHILD_DEFAULTS.get(self.dataset, CHILD_DEFAULTS["imagefolder"])
         return ChildDefaults(self.child_scale or base.scale, self.child_epochs or base.epochs,
-                             self.child_train_size or base.train_size)
+                             self.child_train_size or base.train_size,
+                             self.child_image_size or base.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -242,7 +266,8 @@ def _settings(config: SearchConfig, data: Any) -> tuple[Any, Any]:
     from search.space.scale import VARIANTS
 
     child = config.child_defaults()
-    child_settings = ChildSettings(scale=child.scale, epochs=child.epochs,
+    child_size = child.image_size if child.image_size and child.image_size < data.image_size else None
+    child_settings = ChildSettings(scale=child.scale, epochs=child.epochs, image_size=child_size,
                                    train_size=child.train_size, device=config.device,
                                    seed=config.seed)
     target_size = None if config.target_variant.strip().lower() in VARIANTS else data.image_size
@@ -261,13 +286,40 @@ def _evaluator(config: SearchConfig, data: Any, run_dir: Path) -> Evaluator:
         from search.evaluation.latency import PredictedMeter
         from search.evaluation.predictor import load_predictor
 
-        meter: Any = PredictedMeter(load_predictor(config.latency_predictor), latency, config.blocks)
+        meter: Any = PredictedMeter(load_predictor(config.latency_predictor), latency, config.blocks,
+                                    exact_macs=config.evaluator == "proxy" or config.macs_budget is not None)
         if predictor_device_mismatch(meter.predictor, latency) is None:
             LatencyMeter(latency)  # the winner is re-measured here at the end: check the device now
+    elif config.evaluator == "oneshot":
+        LatencyMeter(latency)  # the run profiles its own predictor here: check the device now
+        meter = None  # set by _prepare_oneshot, inside the run directory's lock
     else:
         meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
-    return Evaluator(partial(evaluate_child, data=data, settings=child), meter,
-                     config.reward_config())
+    accuracy: Any = partial(evaluate_child, data=data, settings=child)
+    if config.evaluator == "oneshot":
+        from search.evaluation.oneshot import OneShotEvaluator, supernet_settings
+
+        settings = supernet_settings(config.dataset, epochs=config.supernet_epochs, seed=config.seed,
+                                     device=config.device)
+        accuracy = OneShotEvaluator(data, settings, run_dir / SUPERNET_NAME, config.blocks)
+    return Evaluator(accuracy, meter, config.reward_config())
+
+
+def _prepare_oneshot(config: SearchConfig, evaluator: Evaluator, latency: Any, run_dir: Path,
+                     progress: bool) -> tuple[Evaluator, float]:
+    """Train (or resume) the supernet and, without ``--latency-predictor``, profile this host
+    for the run's own predictor (:mod:`search.experiment.setup`); returns the evaluator and
+    the seconds both took, summed over sessions (they count against ``--time-budget``)."""
+    from search.evaluation.latency import PredictedMeter
+    from search.experiment.setup import auto_predictor
+
+    seconds = 0.0
+    if evaluator.cost_fn is None:
+        predictor, seconds = auto_predictor(latency, config.blocks, run_dir)
+        meter = PredictedMeter(predictor, latency, config.blocks, exact_macs=config.macs_budget is not None)
+        evaluator = dataclasses.replace(evaluator, cost_fn=meter)
+    evaluator.accuracy_fn.prepare(progress=progress)
+    return evaluator, seconds + evaluator.accuracy_fn.seconds_trained
 
 
 def _load_data(config: SearchConfig) -> Any:
@@ -415,17 +467,41 @@ def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path
     except BaseException:
         strategy.close()
         raise
+    setup_s = 0.0
+    try:
+        if config.evaluator == "oneshot":
+            evaluator, setup_s = _prepare_oneshot(config, evaluator, _settings(config, data)[1],
+                                                  run_dir, progress)
+    except BaseException:
+        strategy.close()
+        raise
     ctx = _context(config, data)
+    if setup_s:
+        ctx.settings["setup_time_s"] = round(setup_s, 1)
     try:
         result = run_loop(strategy, evaluator, run_dir, max_trials=config.max_trials,
-                          time_budget_s=config.time_budget_s, progress=progress)
+                          time_budget_s=config.time_budget_s, progress=progress,
+                          setup_time_s=setup_s)
     except KeyboardInterrupt:
         write_report(run_dir, read_history(run_dir / HISTORY_NAME), ctx)
         raise
     finally:
         strategy.close()
+    from search.experiment.rerank import rerank, rerank_count
+
+    k = rerank_count(config.rerank)
+    if k:  # the best candidates trained again at higher fidelity (search.experiment.rerank)
+        try:
+            reranked = rerank(run_dir, result.records, data, _settings(config, data)[0],
+                              evaluator.reward, k, progress=progress)
+        except KeyboardInterrupt:  # trials.jsonl is untouched; a resume continues the re-ranking
+            write_report(run_dir, result.records, ctx)
+            raise
+        result = dataclasses.replace(result, records=reranked.records)
+        ctx.settings["rerank"] = reranked.to_dict()
     check: list[dict[str, Any]] = []
-    winner = select_best(result.records) if config.latency_predictor is not None else None
+    predicted = hasattr(evaluator.cost_fn, "predictor")
+    winner = select_best(result.records) if predicted else None
     if winner is not None:  # measure it for real before the report records both numbers
         check = verify_predictions(result.records, winner, _settings(config, data)[1], run_dir,
                                    evaluator.cost_fn.predictor)
@@ -538,12 +614,16 @@ def summary_text(result: SearchResult) -> str:
         r = best.record
         head = ("best genotype (meets the budget)" if best.feasible else
                 f"NO candidate met the {budget:g} ms budget; saved the fastest")
-        lines.append(f"{head}: trial {r.trial}, val accuracy {r.accuracy:.4f}, latency "
+        again = "" if r.rerank_accuracy is None else f" (re-ranked {r.rerank_accuracy:.4f})"
+        lines.append(f"{head}: trial {r.trial}, val accuracy {r.accuracy:.4f}{again}, latency "
                      f"{r.latency_ms:.3f} ms (budget {budget:g} ms), "
                      f"{(r.macs or 0) / 1e6:.1f} M MACs, {(r.params or 0) / 1e6:.3f} M params")
         from search.space.text import genotype_text
 
         lines.append(genotype_text(r.to_genotype()))
+    from search.experiment.rerank import rerank_lines
+
+    lines.extend(rerank_lines(result.loop.records))
     loop = result.loop
     why = {"trials": "trial limit", "time": "time budget"}.get(loop.stopped_by, loop.stopped_by)
     lines.append(f"{len(loop.records)} trials ({loop.new_trials} new, stopped by the {why}) "
@@ -558,6 +638,8 @@ def summary_text(result: SearchResult) -> str:
 
 def result_dict(result: SearchResult) -> dict[str, Any]:
     """The ``--json`` form of a finished search: the selection, the budget, the files."""
+    from search.experiment.rerank import rerank_summary
+
     best = result.best
     record = best.record if best is not None else None
     loop = result.loop
@@ -568,7 +650,9 @@ def result_dict(result: SearchResult) -> dict[str, Any]:
         "selected": None if record is None else {
             "trial": record.trial, "meets_budget": best.feasible, "accuracy": record.accuracy,
             "latency_ms": record.latency_ms, "macs": record.macs, "params": record.params,
-            "reward": record.reward, "genotype": record.genotype},
+            "reward": record.reward, "rerank_accuracy": record.rerank_accuracy,
+            "rerank_reward": record.rerank_reward, "genotype": record.genotype},
+        "rerank": rerank_summary(loop.records),
         "trials": len(loop.records), "new_trials": loop.new_trials, "stopped_by": loop.stopped_by,
         "seconds": round(result.seconds, 1),
         "files": [name for name in REPORT_FILES if (result.run_dir / name).exists()],
