@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="held-out images compared between precisions")
     parser.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
                         help="INT8 calibration method")
+    parser.add_argument("--int8-agreement", type=float, default=0.99, metavar="A",
+                        help="int8: keep the most sensitive parts of the network float until top-1 "
+                             "agreement with fp32 on training images not used to calibrate reaches A, "
+                             "in (0, 1]; the int8 model is not written when only a float network "
+                             "gets there (default: 0.99)")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="int8: write model.int8.sensitivity.{md,csv,png}, the cost of quantizing "
+                             "each part alone, even when every node can stay int8")
     parser.add_argument("--verify-batch", type=cli.positive_int, default=8, metavar="N",
                         help=f"the larger batch the fp32 model is verified at, at most {MAX_BATCH} "
                              "(batch 1 always is)")
@@ -90,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         num_classes=args.num_classes, opset=args.opset, out=args.out, batch=args.batch,
         fp16=args.fp16, int8=args.int8, calib_data=args.calib_data, data_dir=args.data_dir,
         calib_size=args.calib_size, eval_size=args.eval_size, calib_method=args.calib_method,
-        verify_batch=args.verify_batch, seed=args.seed,
+        int8_agreement=args.int8_agreement, sensitivity=args.sensitivity, verify_batch=args.verify_batch,
+        seed=args.seed,
     )
     quiet = args.json == cli.STDOUT
     try:

@@ -89,6 +89,8 @@ class ExportConfig:
     calib_size: int = 256
     eval_size: int = 500
     calib_method: str = "minmax"
+    int8_agreement: float = 0.99
+    sensitivity: bool = False
     verify_batch: int = 8
     seed: int = 0
 
@@ -459,6 +461,10 @@ def _validate(config: ExportConfig) -> None:
         raise NasdeployError(f"--num-classes must be 1 to {MAX_CLASSES}, got {config.num_classes}")
     if config.calib_size < 1 or config.eval_size < 1:
         raise NasdeployError("--calib-size and --eval-size must be positive")
+    if not 0.0 < config.int8_agreement <= 1.0:
+        raise NasdeployError(f"--int8-agreement must be in (0, 1], got {config.int8_agreement}")
+    if config.sensitivity and not config.int8:
+        raise NasdeployError("--sensitivity measures the int8 model: add --int8")
 
 
 def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, final: Path,
@@ -478,13 +484,34 @@ def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, 
             section = quantize.make_fp16(staged, target, replace(info, precision="fp16"), data,
                                          fixed_batch=config.batch)
         else:
-            section = quantize.make_int8(staged, target, replace(info, precision="int8"), data,
-                                         method=config.calib_method, fixed_batch=config.batch)
+            section, written = quantize.make_int8(
+                staged, target, replace(info, precision="int8"), data, method=config.calib_method,
+                fixed_batch=config.batch, target=config.int8_agreement, sensitivity=config.sensitivity,
+                log=log)
+            for name, path in written.items():
+                files[path] = final.parent / name
+            if not section["written"]:
+                warn(f"{section['reason']}: {variant_path(final, precision).name} was not written; "
+                     "lower --int8-agreement to accept the loss")
+                report[precision] = section
+                continue
+            _warn_int8(section, config.int8_agreement)
         section["model"] = variant_path(final, precision).name
         report[precision] = section
         files[target] = variant_path(final, precision)
         extra[precision] = variant_path(final, precision)
     return extra
+
+
+def _warn_int8(section: dict[str, Any], target: float) -> None:
+    """One warning line when the int8 model falls short on the held-out images."""
+    held = section["top1_agreement"]
+    drop = (section["accuracy_fp32"] - section["accuracy"]) if "accuracy" in section else None
+    if held < target or (drop is not None and drop > 0.01):
+        lost = f", accuracy {section['accuracy']:.3f} against fp32 {section['accuracy_fp32']:.3f}" \
+            if drop is not None else ""
+        warn(f"int8 agrees with fp32 on {held:.3f} of {section['samples']} held-out images (target "
+             f"{target:g}){lost}; see the sensitivity table (--sensitivity) or raise --int8-agreement")
 
 
 def _remove_stale(final: Path, written: dict[str, Path], log: Any) -> None:
@@ -498,6 +525,11 @@ def _remove_stale(final: Path, written: dict[str, Path], log: Any) -> None:
         if precision not in written and old.exists():
             old.unlink()
             log(f"removed stale {old.name} (derived from an earlier export)")
+    int8 = variant_path(final, "int8")
+    for suffix in quantize.SENSITIVITY_SUFFIXES:
+        table = int8.with_name(int8.name.removesuffix(".onnx") + ".sensitivity" + suffix)
+        if table.exists() and table.stat().st_mtime < _PROCESS_START:
+            table.unlink()  # from an earlier export; this one wrote none
     for engine in sorted(final.parent.glob(f"{final.stem}*{ENGINE_SUFFIX}")):
         engine.unlink()
         sidecar_path(engine).unlink(missing_ok=True)
@@ -535,7 +567,7 @@ def summary_lines(result: ExportResult) -> list[str]:
         lines.append(f"  fp32 vs PyTorch  batch {row['batch']:>3}: max abs error {row['max_abs_error']:.2e}, "
                      f"top-1 agreement {row['top1_agreement']:.3f}")
     for precision in ("fp16", "int8"):
-        if precision in report:
+        if precision in report and report[precision].get("written", True):
             section = report[precision]
             acc = section.get("accuracy")
             acc_text = (f", accuracy {acc:.3f} (fp32 {section['accuracy_fp32']:.3f})"
@@ -543,5 +575,14 @@ def summary_lines(result: ExportResult) -> list[str]:
             lines.append(f"  {precision} vs fp32 ({section['samples']} {section['inputs']}): top-1 agreement "
                          f"{section['top1_agreement']:.3f}, max abs error {section['max_abs_error']:.2e}"
                          f"{acc_text} -> {section['model']}")
+            mixed = section.get("mixed_precision")
+            if mixed and mixed["float_parts"]:
+                lines.append(f"  int8 mixed precision: {len(mixed['float_parts'])} of {mixed['parts']} parts "
+                             f"kept float ({', '.join(mixed['float_parts'])}); every node int8 agreed "
+                             f"{section['all_nodes_int8']['top1_agreement']:.3f} on the held-out images")
+            if "latency_ms_batch1" in section:
+                lat = section["latency_ms_batch1"]
+                lines.append("  batch-1 latency here: " + ", ".join(
+                    f"{k} {v:.2f} ms" for k, v in lat.items() if k != "timing"))
     lines.append(f"next: python -m serve.predict {result.model_path} IMAGE...")
     return lines

@@ -45,6 +45,10 @@ class EvalData:
         eval_x: held-out images (or random inputs) to compare precisions on.
         eval_y: their labels when they match the model's classes, else ``None``.
         source: what ``eval_x`` is, for the report.
+        calib_source: where the calibration images come from.
+        select_x: images that choose what INT8 keeps float (training split, disjoint from
+            ``calib``; the calibration images when the split has no others).
+        select_source: what ``select_x`` is.
     """
 
     calib: np.ndarray | None
@@ -52,6 +56,8 @@ class EvalData:
     eval_y: np.ndarray | None
     source: str
     calib_source: str | None = None
+    select_x: np.ndarray | None = None
+    select_source: str | None = None
 
 
 class ImageCalibrationReader:
@@ -138,7 +144,10 @@ def load_images(calib_data: str, data_dir: str | None, info: ModelCard, calib_si
     bundle = load_dataset(name, folder, image_size=info.image_size, augment=False, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     train = bundle.train.images
-    calib_idx = torch.randperm(len(train), generator=generator)[:calib_size]
+    order = torch.randperm(len(train), generator=generator)
+    calib_idx, select_idx = order[:calib_size], order[calib_size:calib_size + eval_size]
+    if len(select_idx) == 0:
+        select_idx = calib_idx
     held = bundle.test if bundle.test is not None else bundle.val
     split = "test" if bundle.test is not None else "validation"
     eval_idx = torch.randperm(len(held), generator=generator)[:eval_size]
@@ -151,6 +160,9 @@ def load_images(calib_data: str, data_dir: str | None, info: ModelCard, calib_si
         eval_y=held.labels[eval_idx].numpy() if labels_fit else None,
         source=f"held-out {name} images ({split} split)",
         calib_source=f"{name} training split",
+        select_x=normalise(train[select_idx].numpy(), info),
+        select_source=f"{len(select_idx)} {name} training images" + (
+            " (the calibration images)" if select_idx is calib_idx else " not used to calibrate"),
     )
 
 
@@ -194,29 +206,86 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
 def quantize_qdq(src: Path, dst: Path, images: np.ndarray, *, method: str = "minmax",
                  fixed_batch: int | None = None) -> None:
-    """Static QDQ int8: per-channel symmetric weights, symmetric activations (TensorRT-ready)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """Static QDQ int8 of every quantizable node (see :class:`QdqQuantizer`)."""
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        QdqQuantizer(src, images, Path(tmp), method=method, fixed_batch=fixed_batch).write(dst)
 
-    if method not in CALIB_METHODS:
-        raise NasdeployError(f"unknown calibration method {method!r}: use {', '.join(CALIB_METHODS)}")
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, _quiet():
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-        ops = {node.op_type for node in onnx.load(str(pre)).graph.node} - EXCLUDED_OPS
-        quantize_static(
-            str(pre), str(dst),
-            _as_reader(ImageCalibrationReader(images, fixed_batch=fixed_batch, progress=True)),
-            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8, op_types_to_quantize=sorted(ops),
-            calibrate_method=methods[method],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            calibration_cache_path=None,
-        )
-    retag_precision(dst, "int8")
+
+class QdqQuantizer:
+    """Static QDQ int8 of one fp32 model, calibrated once and written with any nodes left float.
+
+    Per-channel symmetric int8 weights and symmetric int8 activations (zero point 0): the form
+    TensorRT's explicit quantization accepts, for every node kept or not. The model is
+    pre-processed (``quant_pre_process``) and calibrated on ``images`` once; every later
+    :meth:`write` reuses the activation ranges (ONNX Runtime's calibration cache), so a
+    sensitivity sweep or a mixed-precision search costs a graph rewrite per model, not a
+    calibration.
+
+    Attributes:
+        quantized: names of the nodes a full quantization quantizes (the ones with an input
+            that comes from a ``DequantizeLinear``), in graph order.
+    """
+
+    def __init__(self, src: Path, images: np.ndarray, workdir: Path, *, method: str = "minmax",
+                 fixed_batch: int | None = None):
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if method not in CALIB_METHODS:
+            raise NasdeployError(f"unknown calibration method {method!r}: use {', '.join(CALIB_METHODS)}")
+        self.method, self.images, self.fixed_batch = method, images, fixed_batch
+        self.workdir = workdir
+        self.pre = workdir / "pre.onnx"
+        self.cache = workdir / "calibration.json"
+        with _quiet():
+            quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=False)
+        self.ops = sorted({node.op_type for node in onnx.load(str(self.pre)).graph.node} - EXCLUDED_OPS)
+        self._cached = _supports_calibration_cache()
+        full = workdir / "full.int8.onnx"
+        self.write(full, progress=True)
+        self.quantized = quantized_nodes(full)
+
+    def write(self, dst: Path, *, exclude: list[str] | tuple[str, ...] = (),
+              only: list[str] | tuple[str, ...] | None = None, progress: bool = False) -> None:
+        """Write the QDQ model to ``dst`` with ``exclude`` left float (or only ``only`` quantized)."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        reader = None
+        if not (self._cached and self.cache.is_file()):
+            reader = _as_reader(ImageCalibrationReader(self.images, fixed_batch=self.fixed_batch,
+                                                       progress=progress))
+        cache = {"calibration_cache_path": str(self.cache)} if self._cached else {}
+        with _quiet():
+            quantize_static(
+                str(self.pre), str(dst), reader,
+                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8, op_types_to_quantize=self.ops,
+                nodes_to_quantize=list(only) if only is not None else None,
+                nodes_to_exclude=list(exclude), calibrate_method=methods[self.method],
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, **cache)
+        retag_precision(dst, "int8")
+
+
+def _supports_calibration_cache() -> bool:
+    """Whether this ONNX Runtime's ``quantize_static`` reuses ranges (``calibration_cache_path``)."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def quantized_nodes(path: Path) -> list[str]:
+    """Names of the nodes of a QDQ model that run on quantized inputs, in graph order."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return [node.name for node in graph.node
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(name in dequantized for name in node.input)]
 
 
 @contextlib.contextmanager
@@ -273,13 +342,94 @@ def make_fp16(src: Path, dst: Path, info: ModelCard, data: EvalData,
 
 
 def make_int8(src: Path, dst: Path, info: ModelCard, data: EvalData, *, method: str = "minmax",
-              fixed_batch: int | None = None) -> dict[str, Any]:
-    """QDQ int8 model at ``dst`` and its comparison with ``src``."""
+              fixed_batch: int | None = None, target: float = 0.99, sensitivity: bool = False,
+              log: Any = print) -> tuple[dict[str, Any], dict[str, Path]]:
+    """QDQ int8 model at ``dst`` that agrees with ``src`` on at least ``target`` of the selection
+    images (keeping the most sensitive parts float when a full quantization does not), and
+    its comparison with ``src``; with ``sensitivity`` (or when parts were kept float) the
+    per-part table and chart beside ``dst``.
+
+    Returns the report section and the extra files written (name -> staged path). ``dst`` is
+    not written when the target cannot be met with any part quantized (``section["written"]``).
+    """
+    from export import sensitivity as sens
+
     if data.calib is None:
         raise NasdeployError("--int8 needs real calibration images (--calib-data)")
-    quantize_qdq(src, dst, data.calib, method=method, fixed_batch=fixed_batch)
-    section = _finish(src, dst, info, data, fixed_batch)
-    section["calibration"] = {"source": data.calib_source, "images": len(data.calib), "method": method,
-                              "activations": "int8 symmetric (zero point 0)",
-                              "weights": "int8 symmetric, per output channel", "format": "QDQ"}
-    return section
+    if not 0.0 < target <= 1.0:
+        raise NasdeployError(f"--int8-agreement must be in (0, 1], got {target}")
+    select = data.select_x if data.select_x is not None else data.calib
+    files: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        quantizer = QdqQuantizer(src, data.calib, Path(tmp), method=method, fixed_batch=fixed_batch)
+        reference = sens.logits(src, select, fixed_batch)
+        full = Path(tmp) / "all.int8.onnx"
+        quantizer.write(full)
+        full_agreement = sens.agreement(reference, sens.logits(full, select, fixed_batch))
+        groups = sens.node_groups(quantizer.quantized, info)
+        costs: list[sens.PartCost] = []
+        if sensitivity or full_agreement < target:
+            log(f"int8 of every node agrees with fp32 on {full_agreement:.3f} of the selection images "
+                f"(target {target:g}); measuring each of {len(groups)} parts alone ...")
+            costs = sens.measure_sensitivity(quantizer, groups, select, reference, fixed_batch=fixed_batch)
+        mixed = sens.mixed_precision(quantizer, groups, costs, select, reference, target, dst,
+                                     fixed_batch=fixed_batch, full_agreement=full_agreement, log=log)
+        mixed_section = {"target_agreement": target,
+                         "selection_images": data.select_source or data.calib_source,
+                         "all_nodes_agreement": round(full_agreement, 4),
+                         "agreement": round(mixed.agreement, 4), "reached": mixed.reached,
+                         "parts": len(groups), "float_parts": mixed.float_parts,
+                         "float_nodes": len(mixed.float_nodes),
+                         "quantized_nodes": len(quantized_nodes(dst)) if mixed.reached else 0,
+                         "nodes": len(quantizer.quantized),
+                         "steps": [{"float_parts": k, "agreement": round(a, 4)} for k, a in mixed.steps]}
+        calibration = {"source": data.calib_source, "images": len(data.calib), "method": method,
+                       "activations": "int8 symmetric (zero point 0)",
+                       "weights": "int8 symmetric, per output channel", "format": "QDQ"}
+        if not mixed.reached:
+            dst.unlink(missing_ok=True)
+            section: dict[str, Any] = {"written": False, "calibration": calibration,
+                                       "mixed_precision": mixed_section,
+                                       "reason": f"no int8 model reaches top-1 agreement {target:g} "
+                                                 f"with fp32 while any part stays quantized (best "
+                                                 f"{max(a for _, a in mixed.steps):.3f})"}
+        else:
+            section = {"written": True, **_finish(src, dst, info, data, fixed_batch),
+                       "calibration": calibration, "mixed_precision": mixed_section}
+            if mixed.float_parts:
+                whole = compare_models(src, full, data, fixed_batch)
+                section["all_nodes_int8"] = {k: whole[k] for k in ("top1_agreement", "max_abs_error",
+                                                                    "accuracy") if k in whole}
+        if costs:
+            section["sensitivity"] = sens.sensitivity_rows(costs)
+            stem = dst.name.removesuffix(".onnx") + ".sensitivity"
+            for suffix, text in ((".csv", sens.sensitivity_csv(costs)),
+                                 (".md", sens.sensitivity_markdown(costs, float_parts=mixed.float_parts))):
+                path = dst.with_name(stem + suffix)
+                path.write_text(text, encoding="utf-8")
+                files[path.name] = path
+            chart = dst.with_name(stem + ".png")
+            sens.sensitivity_chart(costs, chart, f"int8 sensitivity of {info.scale or 'the model'} by part",
+                                   float_parts=mixed.float_parts)
+            files[chart.name] = chart
+        if mixed.float_parts or sensitivity:
+            section["latency_ms_batch1"] = _latencies(
+                {"fp32": src, "int8 (every node)": full,
+                 **({"int8 (mixed)": dst} if mixed.reached and mixed.float_parts else {})})
+    return section, files
+
+
+SENSITIVITY_SUFFIXES = (".csv", ".md", ".png")
+"""The files ``make_int8`` writes beside ``model.int8.onnx`` as ``model.int8.sensitivity.*``."""
+
+
+def _latencies(models: dict[str, Path]) -> dict[str, Any]:
+    """Batch-1 p50 latency of each model on this machine (ONNX Runtime CPU, one thread)."""
+    from search.runtime.repeatable import time_onnx_model
+
+    out: dict[str, Any] = {}
+    for name, path in models.items():
+        m = time_onnx_model(path, threads=1, warmup=5, repeats=30, max_time_s=2.0)
+        out[name] = round(m.median_ms, 3)
+    out["timing"] = "ONNX Runtime CPU, 1 thread, batch 1, p50, measured during the export"
+    return out

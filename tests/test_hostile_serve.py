@@ -304,6 +304,10 @@ def _flag_cases() -> dict[str, tuple[list[str], list[str]]]:
         "num classes 0": (["--num-classes", "0"], ["--num-classes"]),
         "num classes 10**9": (["--num-classes", "1000000000"], ["--num-classes"]),
         "image size with 5001 digits": (["--image-size", "9" * 5001], ["--image-size"]),
+        "int8 agreement 0": (["--int8", "--int8-agreement", "0"], ["--int8-agreement", "(0, 1]"]),
+        "int8 agreement 1.5": (["--int8", "--int8-agreement", "1.5"], ["--int8-agreement", "(0, 1]"]),
+        "int8 agreement nan": (["--int8", "--int8-agreement", "nan"], ["--int8-agreement", "(0, 1]"]),
+        "sensitivity without int8": (["--sensitivity"], ["--sensitivity", "--int8"]),
     }
 
 

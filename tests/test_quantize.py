@@ -10,8 +10,15 @@ import pytest
 from export_fixtures import digits_test_images, guaranteed_accuracy, make_checkpoint
 from onnx import numpy_helper
 
-from export.onnx_export import ExportConfig, export_model
-from export.quantize import ImageCalibrationReader, dataset_arguments
+from export import sensitivity as sens
+from export.onnx_export import ExportConfig, export_model, summary_lines
+from export.quantize import (
+    ImageCalibrationReader,
+    QdqQuantizer,
+    dataset_arguments,
+    load_images,
+    quantized_nodes,
+)
 from search.core.errors import NasdeployError
 from search.runtime.sessions import SessionSettings, create_session
 from search.runtime.tensorrt import sort_nodes
@@ -116,3 +123,101 @@ def test_sort_nodes_restores_topological_order():
     sort_nodes(graph)
     assert [n.op_type for n in graph.node] == ["Neg", "Relu"]
     onnx.checker.check_model(onnx.helper.make_model(graph), full_check=True)
+
+
+# --- sensitivity and mixed precision -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """The fixture model exported in fp32, calibrated once, with its selection logits."""
+    run = tmp_path_factory.mktemp("mixed")
+    ckpt, _ = make_checkpoint(run / "checkpoint.pt")
+    fp32 = export_model(ExportConfig(source=str(ckpt)), log=lambda *_: None).model_path
+    card = read_onnx_card(fp32)
+    data = load_images("digits", None, card, 64, 120)
+    quantizer = QdqQuantizer(fp32, data.calib, run)
+    return fp32, card, data, quantizer, sens.logits(fp32, data.select_x)
+
+
+def test_selection_images_are_training_images_not_used_to_calibrate(calibrated):
+    _, _, data, _, _ = calibrated
+    assert len(data.select_x) == 120 and "not used to calibrate" in data.select_source
+    calib = {row.tobytes() for row in data.calib}
+    assert not any(row.tobytes() in calib for row in data.select_x)
+
+
+def test_parts_cover_every_quantized_node_once_in_network_order(calibrated):
+    _, card, _, quantizer, _ = calibrated
+    groups = sens.node_groups(quantizer.quantized, card)
+    assert list(groups)[0] == "stem" and list(groups)[-1] == "head"
+    cells = [p for p in groups if p.startswith("cell ")]
+    assert cells == [f"cell {i} ({kind})" for i, kind in
+                     enumerate(["normal", "reduction", "normal", "reduction", "normal"])]
+    flat = [n for nodes in groups.values() for n in nodes]
+    assert sorted(flat) == sorted(quantizer.quantized) and len(set(flat)) == len(flat)
+
+
+def test_a_part_quantized_alone_is_the_only_int8_part(calibrated, tmp_path):
+    fp32, card, data, quantizer, reference = calibrated
+    groups = sens.node_groups(quantizer.quantized, card)
+    part = groups["cell 2 (normal)"]
+    quantizer.write(tmp_path / "one.onnx", only=part)
+    inside = set(quantized_nodes(tmp_path / "one.onnx"))
+    assert inside & set(part)  # the part runs on int8 inputs ...
+    assert not inside & set(groups["cell 0 (normal)"] + groups["stem"])  # ... what precedes it does not
+    # every part alone costs something, and less than all of them together
+    costs = sens.measure_sensitivity(quantizer, groups, data.select_x, reference, progress=False)
+    quantizer.write(tmp_path / "all.onnx")
+    everything = sens.noise(reference, sens.logits(tmp_path / "all.onnx", data.select_x))
+    assert {c.part for c in costs} == set(groups)
+    assert all(0 < c.noise < everything for c in costs)
+    assert [c.noise for c in costs] == sorted((c.noise for c in costs), reverse=True)
+
+
+def test_mixed_precision_stops_at_the_first_prefix_that_meets_the_target(calibrated, tmp_path):
+    fp32, card, data, quantizer, reference = calibrated
+    groups = sens.node_groups(quantizer.quantized, card)
+    costs = sens.measure_sensitivity(quantizer, groups, data.select_x, reference, progress=False)
+    order = [c.part for c in costs]
+    agreements = []
+    for k in range(len(order)):  # what each prefix of the order gives, measured here
+        excluded = [n for p in order[:k] for n in groups[p]]
+        quantizer.write(tmp_path / "k.onnx", exclude=excluded)
+        agreements.append(sens.agreement(reference, sens.logits(tmp_path / "k.onnx", data.select_x)))
+    for target in sorted(set(agreements)) + [1.0]:
+        dst = tmp_path / "mixed.onnx"
+        result = sens.mixed_precision(quantizer, groups, costs, data.select_x, reference, target, dst,
+                                      full_agreement=agreements[0], log=lambda *_: None)
+        first = next((k for k, a in enumerate(agreements) if a >= target), None)
+        assert result.reached == (first is not None)
+        if first is not None:
+            assert result.float_parts == order[:first] and result.agreement >= target
+            assert sens.agreement(reference, sens.logits(dst, data.select_x)) == result.agreement
+        else:  # not reached: every prefix was tried and none kept a part int8 at the target
+            assert [k for k, _ in result.steps] == list(range(len(order)))
+
+
+def test_export_keeps_parts_float_to_meet_the_target_and_says_so(tmp_path, capsys):
+    ckpt, _ = make_checkpoint(tmp_path / "checkpoint.pt")
+    config = ExportConfig(source=str(ckpt), int8=True, calib_size=64, eval_size=120,
+                          int8_agreement=1.0, sensitivity=True)
+    result = export_model(config, log=print)
+    report = json.loads(result.report_path.read_text())
+    section = report["int8"]
+    mixed = section["mixed_precision"]
+    tables = {p.name for p in result.model_path.parent.glob("model.int8.sensitivity.*")}
+    assert tables == {"model.int8.sensitivity.csv", "model.int8.sensitivity.md", "model.int8.sensitivity.png"}
+    assert len(section["sensitivity"]) == mixed["parts"]
+    assert "int8 (every node)" in section["latency_ms_batch1"]
+    out = capsys.readouterr()
+    if mixed["reached"]:
+        assert mixed["agreement"] == 1.0 and section["written"]
+        assert result.extra_models["int8"].is_file()
+        if mixed["float_parts"]:
+            assert "kept float" in "\n".join(summary_lines(result))
+            assert "int8 (mixed)" in section["latency_ms_batch1"]
+    else:  # one line says why, and no int8 model is left behind
+        assert not section["written"] and "int8" not in result.extra_models
+        assert not (result.model_path.parent / "model.int8.onnx").exists()
+        assert "was not written" in out.err and len(out.err.strip().splitlines()) == 1
