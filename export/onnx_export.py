@@ -91,6 +91,8 @@ class ExportConfig:
     calib_method: str = "minmax"
     int8_agreement: float = 0.99
     sensitivity: bool = False
+    qat: int | None = None  # epochs of quantization-aware training for the int8 model
+    qat_lr: float = 0.005
     verify_batch: int = 8
     seed: int = 0
 
@@ -465,6 +467,14 @@ def _validate(config: ExportConfig) -> None:
         raise NasdeployError(f"--int8-agreement must be in (0, 1], got {config.int8_agreement}")
     if config.sensitivity and not config.int8:
         raise NasdeployError("--sensitivity measures the int8 model: add --int8")
+    if config.qat is not None:
+        from export.qat import QatSettings
+
+        if not config.int8:
+            raise NasdeployError("--qat trains the int8 model: add --int8")
+        if config.sensitivity:
+            raise NasdeployError("--sensitivity analyses post-training quantization; drop it with --qat")
+        QatSettings(epochs=config.qat, lr=config.qat_lr)  # bounds checked before anything is built
 
 
 def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, final: Path,
@@ -483,6 +493,9 @@ def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, 
         if precision == "fp16":
             section = quantize.make_fp16(staged, target, replace(info, precision="fp16"), data,
                                          fixed_batch=config.batch)
+        elif config.qat:
+            section = _int8_by_qat(config, loaded, staged, target, info, data, log)
+            _warn_int8(section, config.int8_agreement, qat=True)
         else:
             section, written = quantize.make_int8(
                 staged, target, replace(info, precision="int8"), data, method=config.calib_method,
@@ -503,15 +516,47 @@ def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, 
     return extra
 
 
-def _warn_int8(section: dict[str, Any], target: float) -> None:
-    """One warning line when the int8 model falls short on the held-out images."""
+def _int8_by_qat(config: ExportConfig, loaded: LoadedModel, staged: Path, target: Path, info: ModelCard,
+                 data: quantize.EvalData, log: Any) -> dict[str, Any]:
+    """``model.int8.onnx`` by quantization-aware training (:mod:`export.qat`) and its figures."""
+    from export import qat
+
+    if not loaded.trained:
+        raise NasdeployError("--qat fine-tunes trained weights: export a checkpoint, not a genotype")
+    source = config.calib_data or loaded.spec.dataset
+    if source is None or data.calib is None:
+        raise NasdeployError("--qat needs the model's training data: give --calib-data")
+    settings = qat.QatSettings(epochs=config.qat, lr=config.qat_lr, seed=config.seed)
+    model, facts = qat.qat_model(loaded.model, info, data.calib, source, config.data_dir, settings, log)
+    qat.export_qat(model, target, info.image_size, opset=config.opset, batch=config.batch)
+    section = quantize._finish(staged, target, replace(info, precision="int8"), data, config.batch)
+    probe = data.eval_x[: config.batch or 64]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(probe)).numpy()
+    got = run_session(open_session(target), probe, config.batch)
+    facts["onnx_vs_pytorch_max_abs_error"] = float(np.abs(got - expected).max())
+    facts["onnx_vs_pytorch_top1_agreement"] = float((got.argmax(1) == expected.argmax(1)).mean())
+    return {"written": True, **section, "calibration": {**facts, "format": "QDQ",
+                                                        "source": data.calib_source,
+                                                        "images": len(data.calib)}}
+
+
+def _warn_int8(section: dict[str, Any], target: float, qat: bool = False) -> None:
+    """One warning line when the int8 model falls short on the held-out images.
+
+    A QAT model is a fine-tuned network, not an approximation of the fp32 one: with labels
+    only its accuracy counts.
+    """
     held = section["top1_agreement"]
     drop = (section["accuracy_fp32"] - section["accuracy"]) if "accuracy" in section else None
-    if held < target or (drop is not None and drop > 0.01):
+    short = drop > 0.01 if (qat and drop is not None) else held < target or (drop is not None and drop > 0.01)
+    if short:
         lost = f", accuracy {section['accuracy']:.3f} against fp32 {section['accuracy_fp32']:.3f}" \
             if drop is not None else ""
         warn(f"int8 agrees with fp32 on {held:.3f} of {section['samples']} held-out images (target "
-             f"{target:g}){lost}; see the sensitivity table (--sensitivity) or raise --int8-agreement")
+             f"{target:g}){lost}; " + ("train longer (--qat) or use post-training quantization"
+                                       if qat else "see the sensitivity table (--sensitivity) or raise "
+                                                   "--int8-agreement"))
 
 
 def _remove_stale(final: Path, written: dict[str, Path], log: Any) -> None:
@@ -575,6 +620,10 @@ def summary_lines(result: ExportResult) -> list[str]:
             lines.append(f"  {precision} vs fp32 ({section['samples']} {section['inputs']}): top-1 agreement "
                          f"{section['top1_agreement']:.3f}, max abs error {section['max_abs_error']:.2e}"
                          f"{acc_text} -> {section['model']}")
+            qat = section.get("calibration", {})
+            if qat.get("method") == "qat":
+                lines.append(f"  int8 by quantization-aware training: {qat['epochs']} epoch(s), "
+                             f"{qat['fake_quantized_layers']} layers, {qat['seconds']:.0f} s")
             mixed = section.get("mixed_precision")
             if mixed and mixed["float_parts"]:
                 lines.append(f"  int8 mixed precision: {len(mixed['float_parts'])} of {mixed['parts']} parts "

@@ -308,6 +308,11 @@ def _flag_cases() -> dict[str, tuple[list[str], list[str]]]:
         "int8 agreement 1.5": (["--int8", "--int8-agreement", "1.5"], ["--int8-agreement", "(0, 1]"]),
         "int8 agreement nan": (["--int8", "--int8-agreement", "nan"], ["--int8-agreement", "(0, 1]"]),
         "sensitivity without int8": (["--sensitivity"], ["--sensitivity", "--int8"]),
+        "qat without int8": (["--qat", "2"], ["--qat", "--int8"]),
+        "qat 0 epochs": (["--int8", "--qat", "0"], ["--qat"]),
+        "qat 10**6 epochs": (["--int8", "--qat", "1000000"], ["--qat", "100"]),
+        "qat lr nan": (["--int8", "--qat", "1", "--qat-lr", "nan"], ["--qat-lr"]),
+        "qat lr 5": (["--int8", "--qat", "1", "--qat-lr", "5"], ["--qat-lr"]),
     }
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from export_fixtures import digits_test_images, guaranteed_accuracy, make_checkpoint
 from onnx import numpy_helper
 
@@ -221,3 +223,80 @@ def test_export_keeps_parts_float_to_meet_the_target_and_says_so(tmp_path, capsy
         assert not section["written"] and "int8" not in result.extra_models
         assert not (result.model_path.parent / "model.int8.onnx").exists()
         assert "was not written" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+# --- quantization-aware training ------------------------------------------------------------
+
+
+def test_folding_batchnorm_keeps_the_function_and_fake_quant_wraps_every_layer():
+    from export_fixtures import trained_model
+
+    from export import qat
+
+    model = trained_model()
+    model.eval()
+    x, _ = digits_test_images(32)
+    with torch.no_grad():
+        before = model(x)
+    student = copy.deepcopy(model)
+    folded = qat.fold_batchnorm(student)
+    assert folded > 0
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), before, atol=1e-4, rtol=1e-4)
+    convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in student.modules())
+    assert qat.prepare(student) == convs
+    qat.calibrate(student, x)
+    quants = [m for m in student.modules() if isinstance(m, qat.FakeQuant)]
+    assert all(q.amax > 0 for q in quants)
+    with torch.no_grad():
+        fake = student.eval()(x)
+    assert (fake.argmax(1) == before.argmax(1)).float().mean() >= 0.9  # int8 noise, not another model
+    assert not torch.equal(fake, before)
+
+
+@pytest.fixture(scope="module")
+def qat_export(tmp_path_factory):
+    run = tmp_path_factory.mktemp("qat")
+    ckpt, spec = make_checkpoint(run / "checkpoint.pt")
+    config = ExportConfig(source=str(ckpt), int8=True, qat=1, calib_size=64, eval_size=120)
+    return spec, export_model(config, log=lambda *_: None)
+
+
+def test_qat_writes_a_symmetric_qdq_model_that_runs_what_was_trained(qat_export):
+    spec, result = qat_export
+    report = json.loads(result.report_path.read_text())["int8"]
+    facts = report["calibration"]
+    assert facts["method"] == "qat" and facts["epochs"] == 1 and len(facts["history"]) == 1
+    assert facts["onnx_vs_pytorch_top1_agreement"] >= 0.95
+    model = onnx.load(str(result.extra_models["int8"]))
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    # every convolution and the classifier read a quantized input and a quantized weight
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert layers and all(n.input[0] in dequantized and n.input[1] in dequantized for n in layers)
+    assert ops.count("BatchNormalization") < ops.count("Conv") // 4  # folded where a conv precedes
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert node.input[1] in inits and node.input[2] in inits  # constant scales (TensorRT)
+            assert inits[node.input[2]].dtype == np.int8 and not inits[node.input[2]].any()
+    assert read_onnx_card(result.extra_models["int8"]).precision == "int8"
+    assert report["accuracy"] >= report["accuracy_fp32"] - 0.1
+    assert "quantization-aware training" in "\n".join(summary_lines(result))
+
+
+def test_qat_needs_labels_of_the_models_classes(tmp_path):
+    from PIL import Image
+
+    ckpt, _ = make_checkpoint(tmp_path / "checkpoint.pt")
+    folder = tmp_path / "other"
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (i * 40, 10, 200)).save(folder / name / f"{i}.png")
+    out = tmp_path / "out"
+    config = ExportConfig(source=str(ckpt), int8=True, qat=1, calib_data=str(folder), out=str(out))
+    with pytest.raises(NasdeployError, match="--qat trains on labels"):
+        export_model(config, log=lambda *_: None)
+    assert not (out / "model.int8.onnx").exists() and not (out / "model.onnx").exists()
