@@ -168,9 +168,10 @@ def ground_truth(args: argparse.Namespace) -> None:
     panel = load_panel()
     done = {(r["name"], r["seed"]) for r in read_jsonl(GROUND_TRUTH)
             if r.get("settings") == REFERENCE}
-    todo = [(name, seed, g) for seed in REFERENCE["seeds"] for name, _, g in panel
-            if (name, seed) not in done]
-    todo = todo[index::count]
+    every = [(name, seed, g) for seed in REFERENCE["seeds"] for name, _, g in panel]
+    # a shard's share is fixed by position in the whole list, so shards started at different
+    # times never take the same work
+    todo = [item for i, item in enumerate(every) if i % count == index and item[:2] not in done]
     print(f"ground truth: {len(done)} done, {len(todo)} for shard {index}/{count}", flush=True)
     if not todo:
         return
@@ -252,6 +253,22 @@ def oneshot_evaluator(data: Any, spec: dict[str, Any], seed: int) -> tuple[Any, 
     return evaluator, evaluator.seconds_trained
 
 
+def row_settings(name: str) -> dict[str, Any]:
+    """What a score row must record to count for ``name``: its spec and, for a supernet, the
+    training settings (seed aside) and checkpoint version, so a changed supernet is re-scored."""
+    spec = dict(EVALUATORS[name])
+    if spec["kind"] == "oneshot":
+        from search.evaluation.oneshot import SUPERNET_VERSION, supernet_settings
+
+        settings = supernet_settings("cifar10")
+        training = settings.training()
+        training.pop("seed")
+        spec.update(supernet=training, supernet_version=SUPERNET_VERSION,
+                    scoring={"val_size": settings.val_size, "bn_batches": settings.bn_batches,
+                             "bn_batch_size": settings.bn_batch_size})
+    return spec
+
+
 def evaluate(args: argparse.Namespace) -> None:
     from search.evaluation.proxy import evaluate_child
 
@@ -265,7 +282,7 @@ def evaluate(args: argparse.Namespace) -> None:
         sys.exit(f"error: unknown evaluator {unknown[0]!r}; choose from {', '.join(EVALUATORS)}")
     data = search_data(data_path)
     for name in names:
-        spec = EVALUATORS[name]
+        spec = row_settings(name)
         for seed in (0, 1):
             done = {r["name"] for r in read_jsonl(SCORES)
                     if r["evaluator"] == name and r["seed"] == seed and r["settings"] == spec}
@@ -276,7 +293,6 @@ def evaluate(args: argparse.Namespace) -> None:
             if spec["kind"] == "oneshot":
                 scorer, trained = oneshot_evaluator(data, spec, seed)
                 extra["supernet_train_s"] = round(trained, 1)
-                extra["supernet"] = scorer.settings.training()
             else:
                 settings = proxy_scorer(spec, seed)
 
@@ -316,7 +332,8 @@ def write_table() -> dict[str, Any]:
     complete = set(ground_truth_table())
     scores = read_jsonl(SCORES)
     rows = []
-    for name, spec in EVALUATORS.items():
+    for name in EVALUATORS:
+        spec = row_settings(name)
         per_seed: dict[int, dict[str, float]] = {}
         seconds: list[float] = []
         trained: list[float] = []
@@ -370,7 +387,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         spec = r["settings"]
         setting = (f"{spec['scale']} {spec['image_size']} px, {spec['epochs']} ep, "
                    f"{spec['train_size']} img" if spec["kind"] == "proxy"
-                   else f"supernet at {spec['image_size']} px, trained {r['supernet_train_s']:.0f} s")
+                   else f"supernet {spec['supernet']['scale']} at {spec['image_size']} px, "
+                        f"{spec['supernet']['epochs']} ep, trained {r['supernet_train_s']:.0f} s")
         lines.append(f"| {r['evaluator']} | {setting} | {r['kendall_tau']:.2f} | "
                      f"{' / '.join(f'{t:.2f}' for t in r['kendall_tau_per_seed'])} | "
                      f"{r['spearman_rho']:.2f} | {r['kendall_tau_seed0_vs_seed1']:.2f} | "

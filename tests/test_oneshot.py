@@ -136,7 +136,7 @@ def _transfer(supernet: Supernet, genotype: Genotype, model: torch.nn.Module) ->
 def test_a_supernet_path_is_the_standalone_nasnet_of_its_genotype():
     torch.manual_seed(0)
     scale = parse_scale("1@48", 8)
-    supernet = Supernet(5, scale, 10)
+    supernet = Supernet(5, scale, 10, add_scale=1.0)  # NASNet's sum (the default takes the mean)
     canonical = MIXED.canonical()
     model = build_model(canonical, scale, num_classes=10)
     assert isinstance(model.cells[2].pre0, FactorizedReduce) and isinstance(model.cells[1].pre1, ReLUConvBN)
@@ -201,7 +201,7 @@ def test_scoring_is_deterministic_and_leaves_the_global_rng_alone(trained):
 def test_a_trained_supernet_scores_candidates_above_chance(trained):
     scores = [trained(g).accuracy for g in samples(10, seed=5)]
     chance = 1 / trained.data.num_classes
-    assert sum(scores) / len(scores) > 2 * chance  # 0.31 at these tiny settings (torch 2.14, CPU)
+    assert sum(scores) / len(scores) > 2 * chance  # 0.30 at these tiny settings (torch 2.14, CPU)
 
 
 def test_a_nan_candidate_scores_zero_and_the_evaluator_goes_on(trained, tmp_path):
