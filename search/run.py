@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
              "trained once per run) (default: proxy)")
     add("--supernet-epochs", type=cli.positive_int, metavar="E",
         help="oneshot: supernet training epochs before candidates are scored (default: per dataset)")
+    add("--supernet", metavar="FILE",
+        help="oneshot: score with this finished supernet (another run's supernet.pt, same dataset and "
+             "--blocks) instead of training one; the run copies it and splits train/validation with the "
+             "seed it was trained with, so one supernet serves many searches (budgets, strategies, seeds)")
     add("--rerank", type=cli.non_negative_int, metavar="K",
         help="after the search, train the K best feasible candidates again at higher fidelity "
              "(longer, 2 seeds) and pick the winner by that; 0 turns it off (default: 3)")

@@ -139,3 +139,62 @@ def test_the_analytic_meter_has_exact_params_and_close_macs_without_building(pre
         a, b = exact(genotype), fast(genotype)
         assert a.latency_ms == b.latency_ms and a.params == b.params
         assert 0.8 < b.macs / a.macs < 1.2
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished (tiny) supernet on digits at the search's image size, trained with seed 7."""
+    from search.data.datasets import load_dataset
+    from search.evaluation.oneshot import OneShotEvaluator, supernet_settings
+
+    path = tmp_path_factory.mktemp("shared") / "supernet.pt"
+    data = load_dataset("digits", image_size=SIZE, seed=7)
+    settings = supernet_settings("digits", epochs=1, train_size=300, seed=7, image_size=SIZE, device="cpu")
+    OneShotEvaluator(data, settings, path, 5).prepare(progress=False)
+    return path
+
+
+def test_searches_share_one_supernet_and_its_data_split(predictor: Path, supernet: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    from search.score import main as score_main
+
+    shared = ["--evaluator", "oneshot", "--supernet", str(supernet), "--latency-predictor", str(predictor),
+              "--trials", "4", "--rerank", "0"]
+    for seed in (1, 2):
+        assert run_main([*SEARCH, *shared, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
+        err = capsys.readouterr().err
+        assert "supernet: training" not in err  # scored with the given supernet, not a new one
+        run = tmp_path / f"s{seed}"
+        assert (run / "supernet.pt").read_bytes() == supernet.read_bytes()  # the run keeps its copy
+        records = read_history(run / HISTORY_NAME)
+        assert len(records) == 4 and all(0.0 <= r.accuracy <= 1.0 for r in records)
+    # both runs score on the validation images the supernet never trained on: the same split
+    scores = []
+    for seed in (1, 2):
+        winner = str(tmp_path / "s1" / GENOTYPE_NAME)  # one genotype of the space, scored in both runs
+        assert score_main([winner, "--run", str(tmp_path / f"s{seed}"), "--seeds", "0", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["settings"]["data_seed"] == 7
+        scores.append(result["genotypes"][0]["mean_accuracy"])
+    assert scores[0] == scores[1]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (["--dataset", "cifar10"], "trained on 'digits'"),
+    (["--blocks", "3"], "--blocks 3"),
+    (["--evaluator", "proxy"], "add --evaluator oneshot"),
+    (["--supernet-epochs", "2"], "drop --supernet-epochs"),
+])
+def test_a_supernet_that_does_not_fit_the_search_is_one_line(predictor: Path, supernet: Path, tmp_path: Path,
+                                                              capsys, change: list[str], needle: str) -> None:
+    argv = [*SEARCH, "--evaluator", "oneshot", "--supernet", str(supernet), "--latency-predictor",
+            str(predictor), "--trials", "2", "--out", str(tmp_path / "run")]
+    for i in range(0, len(change), 2):  # override or add the flag
+        if change[i] in argv:
+            argv[argv.index(change[i]) + 1] = change[i + 1]
+        else:
+            argv += change[i:i + 2]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "run").exists()

@@ -192,12 +192,17 @@ def score_command(config: ScoreConfig, *, progress: bool = True, stream: TextIO 
     from search.space.scale import check_size, parse_scale
 
     resolve_device(search.device)
-    data = load_dataset(dataset, search.data_dir, image_size=search.image_size, seed=search.seed,
+    data_seed = search.seed
+    if oneshot:  # the validation split the supernet was not trained on (--supernet: its own seed)
+        from search.evaluation.oneshot import read_supernet
+
+        data_seed = read_supernet(checkpoint)["settings"].get("seed", search.seed)
+    data = load_dataset(dataset, search.data_dir, image_size=search.image_size, seed=data_seed,
                         download=True)
     if oneshot:
         scorer = oneshot_scorer(data, checkpoint, device=config.device, stream=stream)
         settings: dict[str, Any] = {"checkpoint": str(checkpoint), "image_size": data.image_size,
-                                    "data_seed": search.seed}
+                                    "data_seed": data_seed}
     else:
         child = _settings(search, data)[0]  # exactly the child a search with these settings trains
         for source, genotype in genotypes:

@@ -118,6 +118,7 @@ class SearchConfig:
     evaluator: str = "proxy"
     rerank: int | None = None
     supernet_epochs: int | None = None
+    supernet: str | None = None  # a finished supernet.pt to score with instead of training one
 
     def validate(self) -> None:
         """Check every setting; raise :class:`NasdeployError` with one line."""
@@ -143,6 +144,12 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value > limit:
                 raise NasdeployError(f"--{name.replace('_', '-')} must be at most {limit}, got {value}"[:160])
+        if self.supernet is not None:
+            if self.evaluator != "oneshot":
+                raise NasdeployError("--supernet scores candidates with a trained supernet: add "
+                                     "--evaluator oneshot")
+            if self.supernet_epochs is not None:
+                raise NasdeployError("--supernet is already trained: drop --supernet-epochs")
         if self.rerank is not None and self.rerank < 0:
             raise NasdeployError(f"--rerank must be at least 0 (0: no re-ranking), got {self.rerank}"[:160])
         if self.rerank is not None and self.max_trials is not None and self.rerank > self.max_trials:
@@ -299,8 +306,16 @@ def _evaluator(config: SearchConfig, data: Any, run_dir: Path) -> Evaluator:
     if config.evaluator == "oneshot":
         from search.evaluation.oneshot import OneShotEvaluator, supernet_settings
 
-        settings = supernet_settings(config.dataset, epochs=config.supernet_epochs, seed=config.seed,
-                                     device=config.device)
+        if config.supernet:
+            from search.evaluation.oneshot import SupernetSettings
+
+            trained = _shared_supernet(config, run_dir)["settings"]
+            settings = dataclasses.replace(supernet_settings(config.dataset, device=config.device),
+                                           **{k: v for k, v in trained.items()
+                                              if k in SupernetSettings.TRAINING})
+        else:
+            settings = supernet_settings(config.dataset, epochs=config.supernet_epochs, seed=config.seed,
+                                         device=config.device)
         accuracy = OneShotEvaluator(data, settings, run_dir / SUPERNET_NAME, config.blocks)
     return Evaluator(accuracy, meter, config.reward_config())
 
@@ -314,6 +329,11 @@ def _prepare_oneshot(config: SearchConfig, evaluator: Evaluator, latency: Any, r
     from search.experiment.setup import auto_predictor
 
     seconds = 0.0
+    own = run_dir / SUPERNET_NAME
+    if config.supernet and not own.is_file():  # the run keeps its own copy: resume and search.score
+        tmp = own.with_name(own.name + ".tmp")
+        shutil.copyfile(config.supernet, tmp)
+        tmp.replace(own)
     if evaluator.cost_fn is None:
         predictor, seconds = auto_predictor(latency, config.blocks, run_dir)
         meter = PredictedMeter(predictor, latency, config.blocks, exact_macs=config.macs_budget is not None)
@@ -322,11 +342,35 @@ def _prepare_oneshot(config: SearchConfig, evaluator: Evaluator, latency: Any, r
     return evaluator, seconds + evaluator.accuracy_fn.seconds_trained
 
 
-def _load_data(config: SearchConfig) -> Any:
+def _load_data(config: SearchConfig, split_seed: int | None = None) -> Any:
+    """The run's dataset, split into train / validation by ``split_seed`` (default: ``--seed``)."""
     from search.data.datasets import load_dataset
 
     return load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
-                        seed=config.seed, download=True)
+                        seed=config.seed if split_seed is None else split_seed, download=True)
+
+
+def _shared_supernet(config: SearchConfig, run_dir: Path) -> dict[str, Any]:
+    """The checked state of ``--supernet`` (the run's own copy once it has one).
+
+    A shared supernet fixes the data split: the run splits train / validation with the
+    seed the supernet was trained with, so no candidate is scored on images it trained on.
+    """
+    from search.evaluation.oneshot import read_supernet
+
+    path = run_dir / SUPERNET_NAME if (run_dir / SUPERNET_NAME).is_file() else Path(config.supernet or "")
+    state = read_supernet(path)
+    if not state["finished"]:
+        raise NasdeployError(f"--supernet {path} is partly trained (step {state['step']} of "
+                             f"{state['total_steps']}); finish the run that trains it first")
+    identity = state["identity"]
+    if identity.get("dataset") != config.dataset:
+        raise NasdeployError(f"--supernet {path} was trained on {identity.get('dataset')!r:.40}, "
+                             f"this search is on {config.dataset!r}")
+    if identity.get("blocks") != config.blocks:
+        raise NasdeployError(f"--supernet {path} holds {identity.get('blocks')!r:.10}-block cells, this "
+                             f"search has --blocks {config.blocks}")
+    return state
 
 
 def _context(config: SearchConfig, data: Any) -> ReportContext:
@@ -438,7 +482,8 @@ def run_search(config: SearchConfig, *, progress: bool = True, resume: bool = Fa
     else:
         _check_new(run_dir, resume)
     start = time.perf_counter()
-    data = _load_data(config)
+    shared = _shared_supernet(config, run_dir) if config.supernet else None
+    data = _load_data(config, None if shared is None else shared["settings"]["seed"])
     config.check_sizes(data.num_classes)
     evaluator = _evaluator(config, data, run_dir)  # checks the latency provider first
     config.out = str(run_dir)
