@@ -1,12 +1,19 @@
 """A small HTTP endpoint for devices that classify for others (Starlette + uvicorn).
 
     python -m serve.http MODEL [--host 127.0.0.1] [--port 8000] [--max-bytes 10M] [--top-k 5]
-                               [--backend auto] [--device auto] [--json [FILE]]
+                               [--max-batch 32] [--max-delay 2ms] [--max-queue 256]
+                               [--request-timeout 30s] [--backend auto] [--device auto]
+                               [--json [FILE]]
 
 ``POST /predict``: the image as the raw body or as multipart field ``file``
-(``?top_k=N`` optional) -> top-k JSON with latency. ``GET /health``: model, backend,
-limits and the start-up self-test. ``GET /`` or ``/info``: the model's metadata. Bad
-requests get a 4xx JSON ``{"error": ...}``; nothing a client sends produces a 500.
+(``?top_k=N`` optional) -> top-k JSON with latency. Concurrent requests are batched
+dynamically (:mod:`serve.batching`: up to ``--max-batch`` images or ``--max-delay`` of
+waiting; ``--max-batch 1`` serves one image per call). ``GET /health``: model, backend,
+limits and the start-up self-test. ``GET /`` or ``/info``: the model's metadata.
+``GET /metrics``: Prometheus metrics (:mod:`serve.metrics`). Bad requests get a 4xx JSON
+``{"error": ...}``; nothing a client sends produces a 500. A full queue answers 503 and a
+request not answered within ``--request-timeout`` 504, both JSON. SIGTERM or Ctrl-C stop
+accepting connections and answer the requests in flight before the server exits.
 
 Before it listens, the server classifies one blank image as a request would be: a model
 that cannot serve (broken metadata, graph or scores) is refused then, in one line. Once
@@ -25,6 +32,8 @@ if __name__ == "__main__" and not __package__:  # a file on sys.path[0] would sh
     raise SystemExit(2)
 
 import argparse
+import asyncio
+import contextlib
 import copy
 import logging
 import re
@@ -40,17 +49,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from search.core import cli
 from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
+from serve.batching import Batcher, BatchSettings, QueueFull
 from serve.errors import ImageError, ImageTooLargeError, ServeError
-from serve.preprocess import MAX_PIXELS, load_image
-from serve.runtime import BACKENDS, DEVICES, Runtime, classify, load_runtime, selftest
+from serve.metrics import MetricsMiddleware, ServerMetrics
+from serve.preprocess import MAX_PIXELS, load_image, preprocess
+from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime, selftest
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 MAX_TOP_K = 100
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+MAX_REQUEST_TIMEOUT_S = 3600.0
 log = logging.getLogger("serve.http")
 
 
@@ -65,6 +78,8 @@ class HttpConfig:
     top_k: int = 5
     backend: str = "auto"
     device: str = "auto"
+    batching: BatchSettings = BatchSettings()
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
 
 
 def create_app(
@@ -73,46 +88,78 @@ def create_app(
     max_bytes: int = DEFAULT_MAX_BYTES,
     top_k: int = 5,
     max_pixels: int = MAX_PIXELS,
+    batching: BatchSettings | None = None,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
 ) -> Starlette:
     """The ASGI app serving ``runtime``; every error response is JSON.
 
+    Args:
+        batching: dynamic batching (default :class:`BatchSettings`: up to 32 images, 2 ms).
+        request_timeout_s: a request not answered in this time gets 504.
+
     Raises:
-        ServeError: ``runtime`` fails the self-test (:func:`serve.runtime.selftest`).
+        ServeError: ``runtime`` fails the self-test (:func:`serve.runtime.selftest`), or a
+            setting is out of range.
     """
-    service = _Service(runtime, max_bytes, top_k, max_pixels)
+    if not 0 < request_timeout_s <= MAX_REQUEST_TIMEOUT_S:
+        raise ServeError(f"--request-timeout must be above 0 and at most {MAX_REQUEST_TIMEOUT_S:g} s, "
+                         f"got {request_timeout_s:g} s")
+    metrics = ServerMetrics()
+    service = _Service(runtime, max_bytes, top_k, max_pixels, batching or BatchSettings(),
+                       request_timeout_s, metrics)
     routes = [
         Route("/", service.info, methods=["GET"]),
         Route("/info", service.info, methods=["GET"]),
         Route("/health", service.health, methods=["GET"]),
+        Route("/metrics", service.metrics_page, methods=["GET"]),
         Route("/predict", service.predict, methods=["POST"]),
     ]
     handlers = {HTTPException: _http_error, Exception: _internal_error}
-    return Starlette(routes=routes, exception_handlers=handlers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        yield
+        await service.batcher.close()  # uvicorn has answered the requests in flight by now
+
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
 
 
-def info_document(runtime: Runtime, max_bytes: int, top_k: int, max_pixels: int) -> dict[str, Any]:
+def info_document(runtime: Runtime, max_bytes: int, top_k: int, max_pixels: int,
+                  batching: BatchSettings | None = None,
+                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> dict[str, Any]:
     """What ``GET /info`` answers: the model card, the runtime, limits and endpoints."""
+    batching = batching or BatchSettings()
     return {
         "metadata": runtime.info.to_dict(),
         "runtime": runtime.describe(),
-        "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels},
+        "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels, "max_queue": batching.max_queue,
+                   "request_timeout_s": request_timeout_s},
+        "batching": {"max_batch": batching.max_batch, "max_delay_ms": batching.max_delay_s * 1000.0},
         "top_k": top_k,
         "endpoints": {
             "POST /predict": "image as raw body or multipart field 'file'; ?top_k=N",
             "GET /health": "model and backend",
             "GET /info": "this document",
+            "GET /metrics": "Prometheus metrics",
         },
     }
 
 
 class _Service:
-    def __init__(self, runtime: Runtime, max_bytes: int, top_k: int, max_pixels: int):
+    def __init__(self, runtime: Runtime, max_bytes: int, top_k: int, max_pixels: int,
+                 batching: BatchSettings, request_timeout_s: float, metrics: ServerMetrics):
         self.runtime = runtime
         self.max_bytes = max_bytes
         self.top_k = top_k
         self.max_pixels = max_pixels
+        self.batching = batching
+        self.request_timeout_s = request_timeout_s
+        self.metrics = metrics
         self.description = runtime.describe()
         self.selftest = selftest(runtime)
+        self.batcher = Batcher(runtime, batching, metrics)
 
     async def health(self, request: Request) -> JSONResponse:
         info = self.runtime.info
@@ -126,38 +173,55 @@ class _Service:
             "image_size": info.image_size,
             "num_classes": len(info.class_names),
             "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
-                       "resize_to": info.resize_to, "max_top_k": MAX_TOP_K},
+                       "resize_to": info.resize_to, "max_top_k": MAX_TOP_K,
+                       "max_queue": self.batching.max_queue, "request_timeout_s": self.request_timeout_s},
+            "batching": {"max_batch": self.batcher.max_batch,
+                         "max_delay_ms": self.batching.max_delay_s * 1000.0, "queued": self.batcher.depth},
             "selftest": {"passed": True, "input": "blank grey image", "top_class": name,
                          "probability": probability, "latency_ms": self.selftest.latency_ms},
         })
 
     async def info(self, request: Request) -> JSONResponse:
-        return JSONResponse(info_document(self.runtime, self.max_bytes, self.top_k, self.max_pixels))
+        return JSONResponse(info_document(self.runtime, self.max_bytes, self.top_k, self.max_pixels,
+                                          self.batching, self.request_timeout_s))
+
+    async def metrics_page(self, request: Request) -> Response:
+        self.metrics.queue_depth.set(self.batcher.depth)
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
 
     async def predict(self, request: Request) -> JSONResponse:
         k = _parse_top_k(request.query_params.get("top_k"), self.top_k)
         data = await self._image_bytes(request)
         start = time.perf_counter()
         image = await run_in_threadpool(self._decode, data)
-        pred = (await run_in_threadpool(self._classify, image, k))[0]
+        array = await run_in_threadpool(self._preprocess, image)
+        try:
+            pred, batch = await asyncio.wait_for(self.batcher.submit(array, k), self.request_timeout_s)
+        except QueueFull as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        except TimeoutError:
+            raise HTTPException(504, f"no answer within --request-timeout {self.request_timeout_s:g} s; "
+                                     "the server is overloaded") from None
+        except ServeError as exc:  # e.g. NaN scores for this image: not a server fault to retry
+            raise HTTPException(422, f"cannot classify this image: {exc}") from None
         return JSONResponse({
             **pred.to_dict(),
             "total_ms": (time.perf_counter() - start) * 1000.0,
+            "batch_size": batch,
             "image": {"width": image.width, "height": image.height},
             "model": Path(self.description["model"]).name,
             "backend": self.description["backend"],
             "provider": self.description["provider"],
         })
 
-    def _classify(self, image: Any, k: int) -> Any:
+    def _preprocess(self, image: Any) -> Any:
         try:
-            return classify(self.runtime, [image], k)
+            return preprocess([image], self.runtime.info)
         except ImageTooLargeError as exc:
             raise HTTPException(413, str(exc)) from None
         except ImageError as exc:
             raise HTTPException(415, str(exc)) from None
-        except ServeError as exc:  # e.g. NaN scores for this image: not a server fault to retry
-            raise HTTPException(422, f"cannot classify this image: {exc}") from None
 
     def _decode(self, data: bytes) -> Any:
         try:  # the header's size is checked before decoding, against both limits
@@ -278,12 +342,14 @@ def serve(config: HttpConfig, json_target: str | None = None) -> None:
     import uvicorn
 
     runtime = load_runtime(config.model, config.backend, config.device)
-    app = create_app(runtime, max_bytes=config.max_bytes, top_k=config.top_k)  # self-test: before binding
+    app = create_app(runtime, max_bytes=config.max_bytes, top_k=config.top_k, batching=config.batching,
+                     request_timeout_s=config.request_timeout_s)  # self-test: before binding
     sock = bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     desc = runtime.describe()
-    startup = {"url": url, **info_document(runtime, config.max_bytes, config.top_k, MAX_PIXELS)}
+    startup = {"url": url, **info_document(runtime, config.max_bytes, config.top_k, MAX_PIXELS,
+                                           config.batching, config.request_timeout_s)}
     failure: list[BaseException] = []
 
     class Server(uvicorn.Server):
@@ -299,14 +365,19 @@ def serve(config: HttpConfig, json_target: str | None = None) -> None:
                 self.should_exit = True
                 return
             model = desc.get("model", config.model)  # the file a run directory resolved to
-            print(f"serving {model} ({desc['backend']}, {desc['provider']}) on {url}"
-                  " - POST /predict, GET /health, GET /info", file=sys.stderr, flush=True)
+            batching = config.batching
+            mode = (f"batches of up to {batching.max_batch} within {batching.max_delay_s * 1000:g} ms"
+                    if batching.max_batch > 1 else "one image per call")
+            print(f"serving {model} ({desc['backend']}, {desc['provider']}, {mode}) on {url}"
+                  " - POST /predict, GET /health, GET /info, GET /metrics", file=sys.stderr, flush=True)
 
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout carries only --json
+    # connections beyond the queue get uvicorn's own 503; the queue's JSON 503 comes first
+    concurrency = config.batching.max_queue + config.batching.max_batch + 64
     server = Server(uvicorn.Config(
-        app, log_config=logs, log_level="info", limit_concurrency=64, timeout_keep_alive=5,
-        server_header=False,
+        app, log_config=logs, log_level="info", limit_concurrency=concurrency, timeout_keep_alive=5,
+        server_header=False, timeout_graceful_shutdown=int(config.request_timeout_s) + 5,
     ))
     try:
         server.run(sockets=[sock])
@@ -314,6 +385,18 @@ def serve(config: HttpConfig, json_target: str | None = None) -> None:
         sock.close()
     if failure:
         raise failure[0]
+
+
+def _seconds(text: str, flag: str) -> float:
+    """A duration flag (``2ms``, ``30s``, ``0``) in seconds; one-line error otherwise."""
+    from search.core.units import parse_latency
+
+    if re.fullmatch(r"\s*0*\.?0*\s*(ms|s|us)?\s*", text) and re.search(r"0", text):
+        return 0.0  # "0", "0ms": no waiting
+    try:
+        return parse_latency(text) / 1000.0
+    except NasdeployError as exc:
+        raise NasdeployError(f"{flag}: {exc}") from None
 
 
 def port_number(text: str) -> int:
@@ -350,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runtime that runs the model; auto picks it by the file suffix")
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="where the model runs; auto takes the best one available")
+    parser.add_argument("--max-batch", type=cli.positive_int, default=32, metavar="N",
+                        help="dynamic batching: run up to N concurrent requests as one batch; 1 serves one "
+                             "image per call (default: 32)")
+    parser.add_argument("--max-delay", default="2ms", metavar="D",
+                        help="dynamic batching: wait at most this long for more requests after the first, "
+                             "e.g. 2ms, 0.5ms, 0 (default: 2ms)")
+    parser.add_argument("--max-queue", type=cli.positive_int, default=256, metavar="N",
+                        help="requests that may wait; more get 503 with a JSON message (default: 256)")
+    parser.add_argument("--request-timeout", default="30s", metavar="D",
+                        help="a request not answered in this time gets 504, e.g. 30s, 500ms (default: 30s)")
     cli.add_json(parser, "the URL and the /info document (model card, runtime, limits) once listening,")
     return parser
 
@@ -357,9 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Serve until interrupted; ``error: ...`` and exit 2 for a bad model or a taken port."""
     args = build_parser().parse_args(argv)
-    config = HttpConfig(args.model, args.host, args.port, args.max_bytes, args.top_k,
-                        args.backend, args.device)
     try:
+        batching = BatchSettings(args.max_batch, _seconds(args.max_delay, "--max-delay"), args.max_queue)
+        config = HttpConfig(args.model, args.host, args.port, args.max_bytes, args.top_k,
+                            args.backend, args.device, batching,
+                            _seconds(args.request_timeout, "--request-timeout"))
         serve(config, args.json)
     except USER_ERRORS as exc:
         return report_user_error(exc)
