@@ -194,8 +194,7 @@ class _Service:
         k = _parse_top_k(request.query_params.get("top_k"), self.top_k)
         data = await self._image_bytes(request)
         start = time.perf_counter()
-        image = await run_in_threadpool(self._decode, data)
-        array = await run_in_threadpool(self._preprocess, image)
+        image, array = await run_in_threadpool(self._prepare, data)
         try:
             pred, batch = await asyncio.wait_for(self.batcher.submit(array, k), self.request_timeout_s)
         except QueueFull as exc:
@@ -214,6 +213,11 @@ class _Service:
             "backend": self.description["backend"],
             "provider": self.description["provider"],
         })
+
+    def _prepare(self, data: bytes) -> tuple[Any, Any]:
+        """Decode and preprocess in one worker-thread hop (each hop costs a wake-up under load)."""
+        image = self._decode(data)
+        return image, self._preprocess(image)
 
     def _preprocess(self, image: Any) -> Any:
         try:
