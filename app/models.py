@@ -51,11 +51,17 @@ def _walk(root: Path, depth: int = 0):
 def discover_models(root: str | Path) -> list[Path]:
     """Model files under ``root`` (an empty list for a missing folder).
 
-    Newest export folder first; within a folder the fp32 ``model.onnx`` before its fp16 and
-    INT8 siblings and engines, since those pay off on GPUs rather than on a CPU.
+    Newest export folder first; within a folder the precision its export report names
+    fastest on the export machine (among those that agree with fp32) first, then the fp32
+    ``model.onnx`` before its fp16 and INT8 siblings and engines, since those pay off on GPUs
+    rather than on a CPU.
     """
+    from search.core.rundir import MODEL_ONNX_NAME
+    from search.trials.runinfo import fastest_precision
+
     found = [p for p in islice(_walk(Path(root)), MAX_FILES) if p.suffix.lower() in MODEL_SUFFIXES]
-    return sorted(found, key=lambda p: (-_mtime(p.parent), _variant_rank(p.name), str(p)))
+    fastest = {fastest_precision(p.parent / MODEL_ONNX_NAME) for p in found if p.name == MODEL_ONNX_NAME}
+    return sorted(found, key=lambda p: (-_mtime(p.parent), p not in fastest, _variant_rank(p.name), str(p)))
 
 
 def _variant_rank(name: str) -> int:

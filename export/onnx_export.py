@@ -93,6 +93,7 @@ class ExportConfig:
     sensitivity: bool = False
     qat: int | None = None  # epochs of quantization-aware training for the int8 model
     qat_lr: float = 0.005
+    qat_images: int | None = None
     verify_batch: int = 8
     seed: int = 0
 
@@ -424,6 +425,8 @@ def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
                          time.perf_counter() - started)
         files = {staged: final}
         extra = _derive_precisions(config, loaded, staged, final, info, report, files, log)
+        if extra:
+            report["precisions"] = time_precisions(staged, report, log)
         report_path = final.parent / EXPORT_REPORT_NAME
         (stage / EXPORT_REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         files[stage / EXPORT_REPORT_NAME] = report_path
@@ -516,6 +519,38 @@ def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, 
     return extra
 
 
+FASTEST_AGREEMENT = 0.99
+"""A derived precision may be served by default only if its top-1 agreement with fp32 reaches this."""
+
+
+def time_precisions(staged: Path, report: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Batch-1 latency of every precision written, on this machine, and the fastest one that
+    agrees with fp32 on at least ``FASTEST_AGREEMENT`` of the held-out images (fp32 always
+    qualifies); ``serve`` and the app load that one when given the folder."""
+    from search.runtime.repeatable import time_onnx_model
+
+    models = {"fp32": staged}
+    for precision in ("fp16", "int8"):
+        section = report.get(precision)
+        if section and section.get("written", True) and variant_path(staged, precision).is_file():
+            models[precision] = variant_path(staged, precision)
+    log(f"timing {', '.join(models)} at batch 1 on this machine ...")
+    rounds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(3):  # interleaved, so a change in the host's load hits every precision alike
+        for name, path in models.items():
+            timed = time_onnx_model(path, threads=1, warmup=3, repeats=20, max_time_s=1.0)
+            rounds[name].append(timed.median_ms)
+    latency = {name: round(sorted(v)[1], 4) for name, v in rounds.items()}
+    eligible = [name for name in models
+                if name == "fp32" or report[name].get("top1_agreement", 0.0) >= FASTEST_AGREEMENT]
+    fastest = min(eligible, key=lambda name: latency[name])
+    return {"latency_ms_batch1": latency, "fastest": fastest,
+            "rule": f"the fastest precision whose top-1 agreement with fp32 on the held-out images is at "
+                    f"least {FASTEST_AGREEMENT} (fp32 always qualifies)",
+            "timing": "ONNX Runtime CPU, 1 thread, batch 1, median of 3 interleaved rounds, on the "
+                      "export machine"}
+
+
 def _int8_by_qat(config: ExportConfig, loaded: LoadedModel, staged: Path, target: Path, info: ModelCard,
                  data: quantize.EvalData, log: Any) -> dict[str, Any]:
     """``model.int8.onnx`` by quantization-aware training (:mod:`export.qat`) and its figures."""
@@ -526,7 +561,8 @@ def _int8_by_qat(config: ExportConfig, loaded: LoadedModel, staged: Path, target
     source = config.calib_data or loaded.spec.dataset
     if source is None or data.calib is None:
         raise NasdeployError("--qat needs the model's training data: give --calib-data")
-    settings = qat.QatSettings(epochs=config.qat, lr=config.qat_lr, seed=config.seed)
+    settings = qat.QatSettings(epochs=config.qat, lr=config.qat_lr, seed=config.seed,
+                               train_size=config.qat_images)
     model, facts = qat.qat_model(loaded.model, info, data.calib, source, config.data_dir, settings, log)
     qat.export_qat(model, target, info.image_size, opset=config.opset, batch=config.batch)
     section = quantize._finish(staged, target, replace(info, precision="int8"), data, config.batch)
@@ -633,5 +669,10 @@ def summary_lines(result: ExportResult) -> list[str]:
                 lat = section["latency_ms_batch1"]
                 lines.append("  batch-1 latency here: " + ", ".join(
                     f"{k} {v:.2f} ms" for k, v in lat.items() if k != "timing"))
+    if "precisions" in report:
+        lat = report["precisions"]["latency_ms_batch1"]
+        timed = ", ".join(f"{k} {v:.2f} ms" for k, v in lat.items())
+        lines.append(f"  batch-1 latency on this machine: {timed}; served by default: "
+                     f"{report['precisions']['fastest']}")
     lines.append(f"next: python -m serve.predict {result.model_path} IMAGE...")
     return lines

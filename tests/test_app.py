@@ -285,6 +285,19 @@ def test_discovery_finds_models_and_runs(tmp_path):
     assert set(models.sample_images()) >= {"temple.jpg", "boat-rgba.png"}
 
 
+def test_discovery_lists_the_fastest_precision_of_a_folder_first(tmp_path):
+    import json
+
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in models.discover_models(tmp_path)] == ["model.onnx", "model.fp16.onnx",
+                                                                   "model.int8.onnx"]
+    report = {"model": "model.onnx", "precisions": {"fastest": "int8"}}
+    (tmp_path / "export_report.json").write_text(json.dumps(report))
+    assert [p.name for p in models.discover_models(tmp_path)] == ["model.int8.onnx", "model.onnx",
+                                                                   "model.fp16.onnx"]
+
+
 def test_names_are_shown_literally():
     from app.views import md
 

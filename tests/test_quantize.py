@@ -300,3 +300,41 @@ def test_qat_needs_labels_of_the_models_classes(tmp_path):
     with pytest.raises(NasdeployError, match="--qat trains on labels"):
         export_model(config, log=lambda *_: None)
     assert not (out / "model.int8.onnx").exists() and not (out / "model.onnx").exists()
+
+
+# --- the fastest precision -------------------------------------------------------------------
+
+
+def test_the_report_times_every_precision_and_names_the_fastest_that_agrees(quantized):
+    _, result = quantized
+    report = json.loads(result.report_path.read_text())
+    precisions = report["precisions"]
+    assert set(precisions["latency_ms_batch1"]) == {"fp32", "fp16", "int8"}
+    assert all(v > 0 for v in precisions["latency_ms_batch1"].values())
+    eligible = [p for p in ("fp32", "fp16", "int8") if p == "fp32" or report[p]["top1_agreement"] >= 0.99]
+    assert precisions["fastest"] == min(eligible, key=precisions["latency_ms_batch1"].get)
+    assert "served by default" in "\n".join(summary_lines(result))
+
+
+def test_a_folder_stands_for_its_fastest_precision(quantized, tmp_path):
+    import shutil
+
+    from search.trials.runinfo import exported_model
+
+    _, result = quantized
+    folder = tmp_path / "export"
+    shutil.copytree(result.model_path.parent, folder, ignore=shutil.ignore_patterns("*.pt"))
+    report = json.loads((folder / "export_report.json").read_text())
+    assert exported_model(folder).name == f"model.{report['precisions']['fastest']}.onnx".replace(
+        ".fp32", "")
+    for fastest, expected in (("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx"), ("fp32", "model.onnx"),
+                              ("bogus", "model.onnx")):
+        report["precisions"]["fastest"] = fastest
+        (folder / "export_report.json").write_text(json.dumps(report))
+        assert exported_model(folder).name == expected
+    (folder / "model.int8.onnx").unlink()  # named but gone: the fp32 model
+    report["precisions"]["fastest"] = "int8"
+    (folder / "export_report.json").write_text(json.dumps(report))
+    assert exported_model(folder).name == "model.onnx"
+    (folder / "export_report.json").write_text("{not json")
+    assert exported_model(folder).name == "model.onnx"

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from search.core.errors import NasdeployError
-from search.core.rundir import CHECKPOINT_NAME, GENOTYPE_NAME, HISTORY_NAME, MODEL_ONNX_NAME
+from search.core.rundir import (
+    CHECKPOINT_NAME,
+    EXPORT_REPORT_NAME,
+    GENOTYPE_NAME,
+    HISTORY_NAME,
+    MODEL_ONNX_NAME,
+    variant_path,
+)
 from search.space.genotype import REFERENCE_GENOTYPES, Genotype, load_genotype_file
 from search.space.scale import VARIANTS, parse_scale
 from search.trials.history import read_history
@@ -198,19 +205,37 @@ def trained_checkpoint(target: RunTarget) -> Path | None:
     return train_dir / CHECKPOINT_NAME
 
 
+def fastest_precision(model: Path) -> Path:
+    """``model`` or the sibling precision (``model.fp16.onnx``, ``model.int8.onnx``) that its
+    folder's export report names fastest on the export machine among those that agree with
+    fp32 (``precisions.fastest``); ``model`` when there is no such report or file."""
+    import json
+
+    try:
+        report = json.loads((model.parent / EXPORT_REPORT_NAME).read_text(encoding="utf-8"))
+        fastest = report["precisions"]["fastest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return model
+    if fastest == "fp32" or fastest not in ("fp16", "int8") or report.get("model") != model.name:
+        return model
+    sibling = variant_path(model, fastest)
+    return sibling if sibling.is_file() else model
+
+
 def exported_model(folder: str | os.PathLike[str]) -> Path:
     """The model file a folder stands for, for the torch-free serving CLIs.
 
-    A folder holding ``model.onnx`` stands for it; a search run stands for the model
-    exported from the final training of its selected trial
-    (``<run>/train-trialN/model.onnx``).
+    A folder holding ``model.onnx`` stands for it, or for the sibling precision its
+    ``export_report.json`` names fastest (:func:`fastest_precision`); a search run stands for
+    the model exported from the final training of its selected trial
+    (``<run>/train-trialN/model.onnx``), chosen the same way.
 
     Raises:
         NasdeployError: the folder holds no exported model (and says which command makes one).
     """
     path = Path(folder)
     if (path / MODEL_ONNX_NAME).is_file():
-        return path / MODEL_ONNX_NAME
+        return fastest_precision(path / MODEL_ONNX_NAME)
     if not (path / GENOTYPE_NAME).is_file():
         raise NasdeployError(f"{path} holds no {MODEL_ONNX_NAME}: give a model file, a folder with one, "
                              "or a search run directory")
@@ -221,7 +246,7 @@ def exported_model(folder: str | os.PathLike[str]) -> Path:
         if checkpoint.is_file() and checkpoint.stat().st_mtime > model.stat().st_mtime:
             raise NasdeployError(f"{model} is older than {checkpoint} (training went on after the export): "
                                  f"export again with python -m export.onnx {path}")
-        return model
+        return fastest_precision(model)
     step = (f"python -m export.onnx {path}" if trained_checkpoint(target) is not None
             else f"python -m search.train {path}, then python -m export.onnx {path}")
     raise NasdeployError(f"{path}: the selected trial has no exported model yet; run {step}")
