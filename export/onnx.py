@@ -82,12 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sensitivity", action="store_true",
                         help="int8: write model.int8.sensitivity.{md,csv,png}, the cost of quantizing "
                              "each part alone, even when every node can stay int8")
+    parser.add_argument("--int8-form", choices=["tensorrt", "cpu"], default="tensorrt",
+                        help="int8 graph to write: tensorrt (QDQ, symmetric activations: what TensorRT "
+                             "builds) or cpu (ONNX Runtime's QOperator form with uint8 activations, faster "
+                             "on x86 CPUs without VNNI; TensorRT cannot build it) (default: tensorrt)")
     parser.add_argument("--qat", type=cli.positive_int, metavar="EPOCHS",
                         help="int8: fine-tune the trained network for EPOCHS with fake int8 quantization "
                              "(quantization-aware training) and export that as model.int8.onnx, instead of "
                              "post-training quantization; needs the model's training data")
     parser.add_argument("--qat-lr", type=float, default=0.005, metavar="LR",
                         help="--qat: initial learning rate, cosine to 0 (default: 0.005)")
+    parser.add_argument("--qat-images", type=cli.positive_int, metavar="K",
+                        help="--qat: fine-tune on at most K training images (default: all)")
     parser.add_argument("--verify-batch", type=cli.positive_int, default=8, metavar="N",
                         help=f"the larger batch the fp32 model is verified at, at most {MAX_BATCH} "
                              "(batch 1 always is)")
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         fp16=args.fp16, int8=args.int8, calib_data=args.calib_data, data_dir=args.data_dir,
         calib_size=args.calib_size, eval_size=args.eval_size, calib_method=args.calib_method,
         int8_agreement=args.int8_agreement, sensitivity=args.sensitivity, qat=args.qat, qat_lr=args.qat_lr,
+        qat_images=args.qat_images, int8_form=args.int8_form,
         verify_batch=args.verify_batch,
         seed=args.seed,
     )

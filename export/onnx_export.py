@@ -94,6 +94,7 @@ class ExportConfig:
     qat: int | None = None  # epochs of quantization-aware training for the int8 model
     qat_lr: float = 0.005
     qat_images: int | None = None
+    int8_form: str = "tensorrt"
     verify_batch: int = 8
     seed: int = 0
 
@@ -470,9 +471,14 @@ def _validate(config: ExportConfig) -> None:
         raise NasdeployError(f"--int8-agreement must be in (0, 1], got {config.int8_agreement}")
     if config.sensitivity and not config.int8:
         raise NasdeployError("--sensitivity measures the int8 model: add --int8")
+    if config.int8_form not in quantize.INT8_FORMS:
+        raise NasdeployError(f"unknown --int8-form {config.int8_form!r}: use "
+                             f"{', '.join(quantize.INT8_FORMS)}")
     if config.qat is not None:
         from export.qat import QatSettings
 
+        if config.int8_form != "tensorrt":
+            raise NasdeployError("--qat writes the TensorRT (QDQ) form; drop --int8-form cpu")
         if not config.int8:
             raise NasdeployError("--qat trains the int8 model: add --int8")
         if config.sensitivity:
@@ -503,7 +509,7 @@ def _derive_precisions(config: ExportConfig, loaded: LoadedModel, staged: Path, 
             section, written = quantize.make_int8(
                 staged, target, replace(info, precision="int8"), data, method=config.calib_method,
                 fixed_batch=config.batch, target=config.int8_agreement, sensitivity=config.sensitivity,
-                log=log)
+                form=config.int8_form, log=log)
             for name, path in written.items():
                 files[path] = final.parent / name
             if not section["written"]:

@@ -50,6 +50,7 @@ class QatSettings:
     lr: float = 0.005
     batch_size: int = 64
     seed: int = 0
+    train_size: int | None = None  # fine-tune on at most this many training images
 
     def __post_init__(self) -> None:
         epochs = self.epochs
@@ -195,7 +196,8 @@ def qat_model(model: nn.Module, card: Any, calib: Any, source: str, data_dir: st
     from search.data.datasets import load_dataset
 
     name, folder = dataset_arguments(source, data_dir)
-    data = load_dataset(name, folder, image_size=card.image_size, seed=settings.seed, download=False)
+    data = load_dataset(name, folder, image_size=card.image_size, seed=settings.seed, download=False,
+                        train_size=settings.train_size)
     if list(data.class_names) != list(card.class_names):
         raise NasdeployError(f"--qat trains on labels: {name}'s classes are not the model's "
                              f"({len(data.class_names)} vs {len(card.class_names)} classes)")

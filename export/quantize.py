@@ -31,6 +31,13 @@ from search.runtime.tensorrt import convert_fp16 as runtime_fp16
 from search.space.card import ModelCard
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+INT8_FORMS = {
+    "tensorrt": "QDQ, symmetric int8 activations (zero point 0), per-channel symmetric int8 weights: "
+                "what TensorRT's explicit quantization builds",
+    "cpu": "QOperator (QLinearConv, QLinearAdd, ...), asymmetric uint8 activations, per-channel int8 "
+           "weights: ONNX Runtime's fastest CPU form on x86 without VNNI; TensorRT cannot build it",
+}
+"""``--int8-form``: which int8 graph ``export.onnx --int8`` writes."""
 CALIB_BATCH = 32
 RANDOM_SAMPLES = 64
 EXCLUDED_OPS = {"BatchNormalization"}  # leftover BNs (after concat) stay float, as TensorRT fuses them
@@ -227,23 +234,29 @@ class QdqQuantizer:
     """
 
     def __init__(self, src: Path, images: np.ndarray, workdir: Path, *, method: str = "minmax",
-                 fixed_batch: int | None = None):
+                 fixed_batch: int | None = None, form: str = "tensorrt"):
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         if method not in CALIB_METHODS:
             raise NasdeployError(f"unknown calibration method {method!r}: use {', '.join(CALIB_METHODS)}")
-        self.method, self.images, self.fixed_batch = method, images, fixed_batch
+        if form not in INT8_FORMS:
+            raise NasdeployError(f"unknown --int8-form {form!r}: use {', '.join(INT8_FORMS)}")
+        self.method, self.images, self.fixed_batch, self.form = method, images, fixed_batch, form
         self.workdir = workdir
         self.pre = workdir / "pre.onnx"
         self.cache = workdir / "calibration.json"
         with _quiet():
             quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=False)
-        self.ops = sorted({node.op_type for node in onnx.load(str(self.pre)).graph.node} - EXCLUDED_OPS)
+        graph = onnx.load(str(self.pre)).graph
+        self.ops = sorted({node.op_type for node in graph.node} - EXCLUDED_OPS)
         self._cached = _supports_calibration_cache()
         full = workdir / "full.int8.onnx"
         self.write(full, progress=True)
-        self.quantized = quantized_nodes(full)
+        if form == "tensorrt":
+            self.quantized = quantized_nodes(full)
+        else:  # QOperator renames what it replaces: every node of a quantizable type is a candidate
+            self.quantized = [node.name for node in graph.node if node.op_type in self.ops]
 
     def write(self, dst: Path, *, exclude: list[str] | tuple[str, ...] = (),
               only: list[str] | tuple[str, ...] | None = None, progress: bool = False) -> None:
@@ -257,14 +270,16 @@ class QdqQuantizer:
             reader = _as_reader(ImageCalibrationReader(self.images, fixed_batch=self.fixed_batch,
                                                        progress=progress))
         cache = {"calibration_cache_path": str(self.cache)} if self._cached else {}
+        trt = self.form == "tensorrt"
         with _quiet():
             quantize_static(
                 str(self.pre), str(dst), reader,
-                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                quant_format=QuantFormat.QDQ if trt else QuantFormat.QOperator, per_channel=True,
+                activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, op_types_to_quantize=self.ops,
                 nodes_to_quantize=list(only) if only is not None else None,
                 nodes_to_exclude=list(exclude), calibrate_method=methods[self.method],
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, **cache)
+                extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True}, **cache)
         retag_precision(dst, "int8")
 
 
@@ -278,14 +293,31 @@ def _supports_calibration_cache() -> bool:
 
 
 def quantized_nodes(path: Path) -> list[str]:
-    """Names of the nodes of a QDQ model that run on quantized inputs, in graph order."""
+    """Names of the nodes of an int8 model that compute in int8, in graph order: in QDQ form
+    the ones with an input from a ``DequantizeLinear``, in QOperator form the ``QLinear*`` /
+    ``QGemm`` / ``*Integer`` operators."""
     import onnx
 
     graph = onnx.load(str(path)).graph
     dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     return [node.name for node in graph.node
-            if node.op_type not in ("QuantizeLinear", "DequantizeLinear")
-            and any(name in dequantized for name in node.input)]
+            if _integer_op(node.op_type) or (node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                                             and any(name in dequantized for name in node.input))]
+
+
+def _integer_op(op: str) -> bool:
+    """An ONNX Runtime QOperator-form operator (computes on integers)."""
+    return op.startswith("QLinear") or op == "QGemm" or op.endswith("Integer")
+
+
+def int8_form(path: Path) -> str | None:
+    """``tensorrt`` (QDQ), ``cpu`` (QOperator) or ``None`` (no int8 operators) for an ONNX file."""
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    if any(_integer_op(op) for op in ops):
+        return "cpu"
+    return "tensorrt" if "DequantizeLinear" in ops else None
 
 
 @contextlib.contextmanager
@@ -343,7 +375,7 @@ def make_fp16(src: Path, dst: Path, info: ModelCard, data: EvalData,
 
 def make_int8(src: Path, dst: Path, info: ModelCard, data: EvalData, *, method: str = "minmax",
               fixed_batch: int | None = None, target: float = 0.99, sensitivity: bool = False,
-              log: Any = print) -> tuple[dict[str, Any], dict[str, Path]]:
+              form: str = "tensorrt", log: Any = print) -> tuple[dict[str, Any], dict[str, Path]]:
     """QDQ int8 model at ``dst`` that agrees with ``src`` on at least ``target`` of the selection
     images (keeping the most sensitive parts float when a full quantization does not), and
     its comparison with ``src``; with ``sensitivity`` (or when parts were kept float) the
@@ -361,7 +393,8 @@ def make_int8(src: Path, dst: Path, info: ModelCard, data: EvalData, *, method: 
     select = data.select_x if data.select_x is not None else data.calib
     files: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        quantizer = QdqQuantizer(src, data.calib, Path(tmp), method=method, fixed_batch=fixed_batch)
+        quantizer = QdqQuantizer(src, data.calib, Path(tmp), method=method, fixed_batch=fixed_batch,
+                                 form=form)
         reference = sens.logits(src, select, fixed_batch)
         full = Path(tmp) / "all.int8.onnx"
         quantizer.write(full)
@@ -384,8 +417,11 @@ def make_int8(src: Path, dst: Path, info: ModelCard, data: EvalData, *, method: 
                          "nodes": len(quantizer.quantized),
                          "steps": [{"float_parts": k, "agreement": round(a, 4)} for k, a in mixed.steps]}
         calibration = {"source": data.calib_source, "images": len(data.calib), "method": method,
-                       "activations": "int8 symmetric (zero point 0)",
-                       "weights": "int8 symmetric, per output channel", "format": "QDQ"}
+                       "form": form, "form_description": INT8_FORMS[form],
+                       "activations": "int8 symmetric (zero point 0)" if form == "tensorrt"
+                       else "uint8 asymmetric",
+                       "weights": "int8 symmetric, per output channel",
+                       "format": "QDQ" if form == "tensorrt" else "QOperator"}
         if not mixed.reached:
             dst.unlink(missing_ok=True)
             section: dict[str, Any] = {"written": False, "calibration": calibration,

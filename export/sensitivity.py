@@ -17,7 +17,7 @@ module measures where the loss comes from and keeps those parts in float:
 
 The selection images come from the training split (disjoint from the calibration images);
 the export reports the result on held-out images, which played no part in the choice.
-Imports: numpy, :mod:`export.quantize`, :mod:`export.verify`, :mod:`search.space`.
+Imports: numpy, :mod:`export.verify`, :mod:`search.space` (it is called by :mod:`export.quantize`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ import io
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.quantize import QdqQuantizer
 from export.verify import open_session, run_session
 from search.space.card import ModelCard
+
+if TYPE_CHECKING:  # export.quantize calls this module: no import back at run time
+    from export.quantize import QdqQuantizer
 
 
 @dataclass(frozen=True)

@@ -151,17 +151,31 @@ def choose_onnx(path: Path, info: ModelCard, fp16: bool, int8: bool) -> tuple[Pa
     have = info.precision if info.precision in PRECISIONS else "fp32"
     want = "fp16" if fp16 else "int8" if int8 else have
     if want == have:
+        _check_int8_form(path, want)
         return path, want, False
     if have != "fp32":
         raise NasdeployError(f"{path.name} is an {have} model; --{want} needs the fp32 model.onnx or "
                              f"its .{want}.onnx sibling")
     sibling = variant_path(path, want)
     if sibling.is_file():
+        _check_int8_form(sibling, want)
         return sibling, want, False
     if want == "int8":
         raise NasdeployError(f"no {sibling.name} next to {path.name}: quantize first with "
                              "`python -m export.onnx <checkpoint> --int8 --calib-data <dataset>`")
     return sibling, want, True
+
+
+def _check_int8_form(path: Path, precision: str) -> None:
+    """TensorRT builds int8 only from QDQ graphs: refuse ONNX Runtime's CPU (QOperator) form."""
+    if precision != "int8":
+        return
+    from export.quantize import int8_form
+
+    if int8_form(path) == "cpu":
+        raise NasdeployError(f"{path.name} is ONNX Runtime's CPU int8 form (QOperator), which TensorRT "
+                             "cannot build; export with `python -m export.onnx ... --int8 --int8-form "
+                             "tensorrt`")
 
 
 def plan_build(config: TrtConfig) -> BuildPlan:

@@ -313,6 +313,7 @@ def _flag_cases() -> dict[str, tuple[list[str], list[str]]]:
         "qat 10**6 epochs": (["--int8", "--qat", "1000000"], ["--qat", "100"]),
         "qat lr nan": (["--int8", "--qat", "1", "--qat-lr", "nan"], ["--qat-lr"]),
         "qat lr 5": (["--int8", "--qat", "1", "--qat-lr", "5"], ["--qat-lr"]),
+        "qat with the cpu form": (["--int8", "--qat", "1", "--int8-form", "cpu"], ["--qat", "TensorRT"]),
     }
 
 
@@ -510,7 +511,8 @@ def test_health_reports_the_self_test_and_limits(server):
     assert health["status"] == "ok" and health["selftest"]["passed"] is True
     assert math.isfinite(health["selftest"]["probability"]) and health["num_classes"] == len(CLASS_NAMES)
     assert health["limits"] == {"max_bytes": 1024 * 1024, "max_pixels": 50_000_000,
-                                "resize_to": 18, "max_top_k": 100}
+                                "resize_to": 18, "max_top_k": 100, "max_queue": 256,
+                                "request_timeout_s": 30.0}
 
 
 def _hostile_requests() -> dict[str, dict]:

@@ -327,8 +327,9 @@ def test_a_folder_stands_for_its_fastest_precision(quantized, tmp_path):
     report = json.loads((folder / "export_report.json").read_text())
     assert exported_model(folder).name == f"model.{report['precisions']['fastest']}.onnx".replace(
         ".fp32", "")
-    for fastest, expected in (("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx"), ("fp32", "model.onnx"),
-                              ("bogus", "model.onnx")):
+    cases = (("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx"), ("fp32", "model.onnx"),
+             ("bogus", "model.onnx"))
+    for fastest, expected in cases:
         report["precisions"]["fastest"] = fastest
         (folder / "export_report.json").write_text(json.dumps(report))
         assert exported_model(folder).name == expected
@@ -338,3 +339,34 @@ def test_a_folder_stands_for_its_fastest_precision(quantized, tmp_path):
     assert exported_model(folder).name == "model.onnx"
     (folder / "export_report.json").write_text("{not json")
     assert exported_model(folder).name == "model.onnx"
+
+
+def test_the_cpu_int8_form_is_qoperator_and_tensorrt_refuses_it(tmp_path):
+    from export.quantize import int8_form
+    from export.trt_build import choose_onnx
+
+    ckpt, _ = make_checkpoint(tmp_path / "checkpoint.pt")
+    # every node quantized (a target any model meets), so the whole graph takes the form
+    config = ExportConfig(source=str(ckpt), int8=True, int8_form="cpu", calib_size=64, eval_size=120,
+                          int8_agreement=1e-6)
+    result = export_model(config, log=lambda *_: None)
+    path = result.extra_models["int8"]
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "QLinearConv" in ops and int8_form(path) == "cpu"
+    section = json.loads(result.report_path.read_text())["int8"]
+    assert section["calibration"]["form"] == "cpu" and section["calibration"]["format"] == "QOperator"
+    assert section["mixed_precision"]["float_parts"] == [] and len(quantized_nodes(path)) > 50
+    assert read_onnx_card(path).precision == "int8"
+    with pytest.raises(NasdeployError, match="TensorRT cannot build"):
+        choose_onnx(result.model_path, read_onnx_card(result.model_path), fp16=False, int8=True)
+
+
+def test_the_default_int8_form_is_what_tensorrt_builds(quantized):
+    from export.quantize import int8_form
+    from export.trt_build import choose_onnx
+
+    _, result = quantized
+    assert int8_form(result.extra_models["int8"]) == "tensorrt" and int8_form(result.model_path) is None
+    card = read_onnx_card(result.model_path)
+    chosen, precision, derive = choose_onnx(result.model_path, card, False, True)
+    assert chosen == result.extra_models["int8"] and precision == "int8" and not derive
