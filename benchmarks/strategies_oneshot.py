@@ -1,0 +1,220 @@
+"""Does the strategy matter? RL, TPE, random and NSGA-II with the one-shot evaluator on CIFAR-10.
+
+Every run scores candidates with one shared supernet (``search.run --supernet``; default:
+the fidelity benchmark's ``runs/fidelity-oneshot/seed0/supernet.pt``, trained on CIFAR-10 at
+16 px) and one latency predictor of the deployment target (profiled once on this host, in
+--work), so the strategies differ only in what they propose:
+
+    python -m search.run --evaluator oneshot --supernet S --latency-predictor P --dataset cifar10
+        --target-variant 2@192 --latency-budget B --trials N --rerank 3 --strategy X --seed s
+
+Each run's winner (after re-ranking) is then trained at the fidelity benchmark's reference
+setting (1@288, 32 px, 6,000 images, 3 epochs, scored on 5,000 test images; seed 0), cached
+by genotype key, so equal winners are trained once. The table: mean +- std over seeds of the
+winners' reference accuracy per strategy, the search's own scores, the winners' predicted
+latency, and seconds per run.
+
+    python benchmarks/strategies_oneshot.py                          # 4 strategies x 3 seeds x 300
+    python benchmarks/strategies_oneshot.py --strategies rl random --seeds 0 --trials 50   # a smoke
+    python benchmarks/strategies_oneshot.py table
+
+Resumable: a finished run is skipped, an interrupted one resumed (``search.run --resume``);
+trained winners are kept in benchmarks/results/strategies_oneshot_truth.jsonl. Writes
+benchmarks/results/strategies_oneshot.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from search.core.atomic import atomic_write_text  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+TRUTH = RESULTS / "strategies_oneshot_truth.jsonl"
+TABLE = RESULTS / "strategies_oneshot.json"
+DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10.npz"
+DEFAULT_SUPERNET = ROOT / "runs" / "fidelity-oneshot" / "seed0" / "supernet.pt"
+STRATEGIES = ("rl", "tpe", "random", "nsga2")
+TARGET, TARGET_PX = "2@192", 32
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with log.open("a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if rc != 0:
+        sys.exit(f"error: {' '.join(cmd[:4])} ... failed (exit {rc}); see {log}")
+
+
+def predictor(work: Path) -> Path:
+    """The target's latency predictor, profiled on this host once (40 genotypes)."""
+    out = work / "latency_predictor.json"
+    if not out.is_file():
+        profile = work / "latency_profile"
+        if not (profile / "measurements.json").is_file():
+            _run([sys.executable, "-m", "search.latency", "profile", "--target-variant", TARGET,
+                  "--image-size", str(TARGET_PX), "--samples", "40", "--out", str(profile)], work / "log.txt")
+        _run([sys.executable, "-m", "search.latency", "fit", str(profile / "measurements.json"), "--out",
+              str(out)], work / "log.txt")
+    return out
+
+
+def median_budget(work: Path) -> str:
+    """The median measured latency of the profiled genotypes: about half the space is feasible."""
+    results = json.loads((work / "latency_profile" / "measurements.json").read_text())["results"]
+    return f"{statistics.median(r['median_ms'] for r in results):.3f}ms"
+
+
+def search(strategy: str, seed: int, args: argparse.Namespace, latency: Path) -> Path:
+    """One search run (resumed if it was interrupted); returns its directory."""
+    run = Path(args.work) / f"{strategy}-s{seed}"
+    if (run / "genotype.json").is_file():
+        return run
+    if (run / "config.json").is_file():
+        cmd = [sys.executable, "-m", "search.run", "--resume", str(run), "--no-progress"]
+    else:
+        cmd = [sys.executable, "-m", "search.run", "--evaluator", "oneshot", "--supernet", str(args.supernet),
+               "--latency-predictor", str(latency), "--dataset", "cifar10", "--data-dir", str(args.data),
+               "--target-variant", TARGET, "--image-size", str(TARGET_PX), "--latency-budget", args.budget,
+               "--trials", str(args.trials), "--rerank", "3", "--strategy", strategy, "--seed", str(seed),
+               "--out", str(run), "--no-progress"]
+    started = time.perf_counter()
+    _run(cmd, Path(args.work) / "log.txt")
+    (run / "bench_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return run
+
+
+def reference_accuracy(run: Path, data: Any) -> dict[str, Any]:
+    """The run's winner trained at the fidelity benchmark's reference setting (cached by key)."""
+    import evaluator_fidelity as ef
+
+    from search.evaluation.proxy import ChildSettings, evaluate_child
+    from search.space.genotype import load_genotype
+
+    genotype = load_genotype(run / "genotype.json")
+    key = genotype.key()
+    for row in ef.read_jsonl(TRUTH):
+        if row["genotype"] == key and row["settings"] == ef.REFERENCE:
+            return row
+    ref = ef.REFERENCE
+    settings = ChildSettings(scale=ref["scale"], image_size=ref["image_size"], epochs=ref["epochs"],
+                             train_size=ref["train_size"], batch_size=ref["batch_size"], lr=ref["lr"],
+                             device="cpu", seed=0, cpu_threads=1)
+    result = evaluate_child(genotype, data(), settings)
+    row = {"genotype": key, "accuracy": round(result.accuracy, 4), "status": result.status,
+           "settings": ref, "seed": 0, "train_time_s": result.train_time_s}
+    ef.append_jsonl(TRUTH, row)
+    return row
+
+
+def summarise(run: Path, truth: dict[str, Any] | None) -> dict[str, Any]:
+    from search.space.genotype import Genotype
+
+    meta = json.loads((run / "genotype.json").read_text())["metadata"]
+    trials = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines() if line.strip()]
+    winner = next((t for t in trials if t.get("trial") == meta.get("trial")), {})
+    seconds = run / "bench_seconds.txt"
+    return {"run": run.name, "trial": meta.get("trial"), "search_accuracy": winner.get("accuracy"),
+            "rerank_accuracy": winner.get("rerank_accuracy"), "latency_ms": meta.get("latency_ms"),
+            "trials": len(trials), "distinct": len({Genotype.from_dict(t["genotype"]).key() for t in trials}),
+            "reference_accuracy": truth["accuracy"] if truth else None,
+            "seconds": float(seconds.read_text()) if seconds.is_file() else None}
+
+
+def table(rows: dict[str, list[dict[str, Any]]]) -> str:
+    lines = ["| strategy | runs | winner's reference accuracy (mean +- std) | search score | re-ranked | "
+             "winner latency ms | s / run |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for strategy, runs in rows.items():
+        ref = [r["reference_accuracy"] for r in runs if r["reference_accuracy"] is not None]
+
+        def mean(key: str, runs: list[dict[str, Any]] = runs) -> str:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            return f"{statistics.mean(values):.3f}" if values else "–"
+
+        spread = f"{statistics.mean(ref):.4f} +- {statistics.stdev(ref):.4f}" if len(ref) > 1 else (
+            f"{ref[0]:.4f}" if ref else "–")
+        lines.append(f"| {strategy} | {len(runs)} | {spread} | {mean('search_accuracy')} | "
+                     f"{mean('rerank_accuracy')} | {mean('latency_ms')} | {mean('seconds')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", nargs="?", choices=("run", "table"), default="run")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=300)
+    parser.add_argument("--budget", default="auto",
+                        help=f"latency budget at {TARGET}, {TARGET_PX} px (auto: the median profiled "
+                             "latency)")
+    parser.add_argument("--supernet", type=Path, default=DEFAULT_SUPERNET)
+    parser.add_argument("--data", type=Path, default=DEFAULT_CIFAR)
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-strategies-oneshot"))
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in args.strategies}
+    if args.command == "run":
+        if not args.data.is_file():
+            sys.exit(f"error: the benchmark needs CIFAR-10 at {args.data}")
+        if not args.supernet.is_file():
+            sys.exit(f"error: no supernet at {args.supernet}: run `python benchmarks/evaluator_fidelity.py "
+                     "evaluate oneshot` first, or give --supernet")
+        import evaluator_fidelity as ef
+
+        cache: list[Any] = []
+
+        def data() -> Any:  # loaded once, only when a winner needs training
+            if not cache:
+                cache.append(ef.reference_data(args.data))
+            return cache[0]
+
+        latency = predictor(work)
+        if args.budget == "auto":
+            args.budget = median_budget(work)
+            print(f"latency budget {args.budget} (median of the profile)", flush=True)
+        for seed in args.seeds:
+            for strategy in args.strategies:
+                run = search(strategy, seed, args, latency)
+                truth = reference_accuracy(run, data)
+                rows[strategy].append(summarise(run, truth))
+                print(f"{strategy} seed {seed}: winner trial {rows[strategy][-1]['trial']}, reference "
+                      f"accuracy {truth['accuracy']:.4f}", flush=True)
+    else:
+        import evaluator_fidelity as ef
+
+        from search.space.genotype import load_genotype
+
+        truths = {r["genotype"]: r for r in ef.read_jsonl(TRUTH)}
+        for strategy in args.strategies:
+            for seed in args.seeds:
+                run = work / f"{strategy}-s{seed}"
+                if (run / "genotype.json").is_file():
+                    key = load_genotype(run / "genotype.json").key()
+                    rows[strategy].append(summarise(run, truths.get(key)))
+    text = table(rows)
+    print(text)
+    atomic_write_text(TABLE, json.dumps({"command": "python benchmarks/strategies_oneshot.py",
+                                         "target": TARGET, "image_size": TARGET_PX, "budget": args.budget,
+                                         "trials": args.trials, "supernet": str(args.supernet),
+                                         "rows": rows, "cpu": platform.processor() or platform.machine()},
+                                        indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
