@@ -1,11 +1,13 @@
 """Dynamic batching for ``serve.http``: concurrent requests run together as one batch.
 
 Each request is decoded and preprocessed on its own (a bad image fails only its request),
-then queued as one ``(1, 3, S, S)`` array. One worker task takes the first queued request,
-waits at most ``max_delay_s`` for more, up to ``max_batch`` images (a TensorRT engine's
-profile bounds it further), runs them through ``runtime.predict`` in a single call on a
-dedicated thread, and hands every request its own row. While a batch runs, new requests
-queue, so under load batches fill without waiting. ``max_batch=1`` is batch-1 serving.
+then queued as one ``(1, 3, S, S)`` array. One worker task takes the first queued request
+and, while other requests are on their way (arrived at the server, still being read or
+decoded: :meth:`Batcher.arriving`), waits at most ``max_delay_s`` for them, up to
+``max_batch`` images (a TensorRT engine's profile bounds it further); a lone request never
+waits. It runs the batch through ``runtime.predict`` in a single call on a dedicated thread
+and hands every request its own row. While a batch runs, new requests queue, so under load
+batches fill without waiting. ``max_batch=1`` is batch-1 serving.
 
 A full queue (``max_queue`` waiting requests) is refused at once (:class:`QueueFull`,
 HTTP 503); a request whose caller stopped waiting (timeout, disconnect) is dropped before
@@ -80,6 +82,16 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="nasdeploy-infer")
         self._running = 0  # requests in the batch being computed
+        self._arriving = 0  # requests received and not yet queued (body, decoding)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Any:
+        """Mark a request that will be submitted soon (the worker waits for it to batch it)."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     @property
     def depth(self) -> int:
@@ -92,12 +104,13 @@ class Batcher:
             self._worker = asyncio.get_running_loop().create_task(self._work())
         return self._queue
 
-    async def submit(self, array: np.ndarray, k: int) -> tuple[Prediction, int]:
-        """Classify one preprocessed image; returns its prediction and the batch size it ran in.
+    def enqueue(self, array: np.ndarray, k: int) -> asyncio.Future:
+        """Queue one preprocessed image; the future resolves to ``(prediction, batch size)``.
+
+        Synchronous, so a caller inside :meth:`arriving` is counted until its image is queued.
 
         Raises:
             QueueFull: ``max_queue`` requests are waiting already.
-            ModelOutputError: this image's scores are not finite.
         """
         queue = self._ensure_started()
         if queue.qsize() >= self.settings.max_queue:
@@ -106,7 +119,16 @@ class Batcher:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         queue.put_nowait(_Job(array, k, future))
         self._gauge()
-        return await future
+        return future
+
+    async def submit(self, array: np.ndarray, k: int) -> tuple[Prediction, int]:
+        """Classify one preprocessed image; returns its prediction and the batch size it ran in.
+
+        Raises:
+            QueueFull: ``max_queue`` requests are waiting already.
+            ModelOutputError: this image's scores are not finite.
+        """
+        return await self.enqueue(array, k)
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -119,6 +141,8 @@ class Batcher:
                 if not queue.empty():
                     jobs.append(queue.get_nowait())
                     continue
+                if self._arriving <= 0:  # nobody else is on the way: do not wait for nothing
+                    break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break

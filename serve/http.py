@@ -62,6 +62,9 @@ from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime, selftest
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 MAX_TOP_K = 100
+INLINE_DECODE_BYTES = 32 * 1024
+"""Uploads up to this size are decoded on the event loop (tens of microseconds); larger ones in
+a worker thread, so a big image never stalls the other requests."""
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 MAX_REQUEST_TIMEOUT_S = 3600.0
 log = logging.getLogger("serve.http")
@@ -192,13 +195,19 @@ class _Service:
 
     async def predict(self, request: Request) -> JSONResponse:
         k = _parse_top_k(request.query_params.get("top_k"), self.top_k)
-        data = await self._image_bytes(request)
-        start = time.perf_counter()
-        image, array = await run_in_threadpool(self._prepare, data)
+        with self.batcher.arriving():  # the batcher waits for requests on their way, not for nobody
+            data = await self._image_bytes(request)
+            start = time.perf_counter()
+            if len(data) <= INLINE_DECODE_BYTES:  # a thumbnail decodes faster than a thread hand-off
+                image, array = self._prepare(data)
+            else:
+                image, array = await run_in_threadpool(self._prepare, data)
+            try:
+                future = self.batcher.enqueue(array, k)
+            except QueueFull as exc:
+                raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
         try:
-            pred, batch = await asyncio.wait_for(self.batcher.submit(array, k), self.request_timeout_s)
-        except QueueFull as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+            pred, batch = await asyncio.wait_for(future, self.request_timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"no answer within --request-timeout {self.request_timeout_s:g} s; "
                                      "the server is overloaded") from None

@@ -23,7 +23,7 @@ from serve_fixtures import CLASS_NAMES, served_model
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("search", "export", "serve", "app")
 SERVE_SET = {"numpy", "onnx", "pillow", "onnxruntime", "rich", "starlette", "uvicorn", "python-multipart",
-             "prometheus-client"}
+             "prometheus-client", "httptools", "uvloop"}
 HEAVY = {"torch", "torchvision", "optuna", "streamlit", "matplotlib"}
 SAMPLE = REPO / "app" / "samples" / "flower.jpg"
 
