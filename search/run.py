@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rl-batch", type=cli.positive_int, metavar="K", help="children per PPO update (default: 4)")
     add("--study-name", metavar="NAME", help="Optuna study name in study.db (default: nasdeploy-<run dir "
                                              "name>)")
+    add("--storage", metavar="URL",
+        help="tpe/random/nsga2: keep the Optuna study in this storage instead of the run's study.db, "
+             "e.g. postgresql://user:pass@host:5432/db, mysql://..., sqlite:///shared.db or "
+             "journal:FILE; searches on several machines given the same --storage and --study-name "
+             "share one study (each keeps its own run directory)")
     add("--out", metavar="DIR", help="run directory (default: a new one under runs/)")
     add("--resume", metavar="DIR", help="continue an interrupted run in DIR with its config.json settings "
                                         "(only --trials and --time-budget may change)")

@@ -119,6 +119,7 @@ class SearchConfig:
     rerank: int | None = None
     supernet_epochs: int | None = None
     supernet: str | None = None  # a finished supernet.pt to score with instead of training one
+    storage: str | None = None  # an Optuna storage URL shared by several searches
 
     def validate(self) -> None:
         """Check every setting; raise :class:`NasdeployError` with one line."""
@@ -144,6 +145,16 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value > limit:
                 raise NasdeployError(f"--{name.replace('_', '-')} must be at most {limit}, got {value}"[:160])
+        if self.storage is not None:
+            if self.strategy not in ("tpe", "random", "nsga2"):
+                raise NasdeployError(f"--storage holds an Optuna study: use --strategy tpe, random or nsga2, "
+                                     f"not {self.strategy}")
+            from search.strategies.optuna_study import open_storage
+
+            storage = open_storage(self.storage)  # unreachable or unusable: one line, nothing written
+            engine = getattr(storage, "engine", None)
+            if engine is not None:
+                engine.dispose()
         if self.supernet is not None:
             if self.evaluator != "oneshot":
                 raise NasdeployError("--supernet scores candidates with a trained supernet: add "
@@ -504,7 +515,7 @@ def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path
             progress: bool, start: float, resume: bool) -> SearchResult:
     strategy = create_strategy(config.strategy, StrategyConfig(
         space=SearchSpace(config.blocks), seed=config.seed, run_dir=run_dir,
-        rl_batch=config.rl_batch, study_name=config.study_name,
+        rl_batch=config.rl_batch, study_name=config.study_name, storage=config.storage,
         latency_budget_ms=evaluator.reward.latency_budget_ms,
         macs_budget=evaluator.reward.macs_budget))
     try:

@@ -80,6 +80,9 @@ class StrategyConfig:
         population_size: NSGA-II population.
         study_name: name of the Optuna study in ``study.db`` (``None``:
             :data:`DEFAULT_STUDY_NAME`).
+        storage: an Optuna storage URL shared by several searches (``sqlite:///f.db``,
+            ``postgresql://...``, ``mysql://...``, ``journal:FILE``); ``None``: ``study.db``
+            in the run directory.
         latency_budget_ms: latency budget, a constraint for NSGA-II (``None``: none).
         macs_budget: MAC budget, a constraint for NSGA-II (``None``: none).
     """
@@ -96,6 +99,7 @@ class StrategyConfig:
     startup_trials: int = 5
     population_size: int = 8
     study_name: str | None = None
+    storage: str | None = None
     latency_budget_ms: float | None = None
     macs_budget: int | None = None
 

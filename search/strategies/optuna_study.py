@@ -37,6 +37,8 @@ from search.trials.history import TrialRecord
 
 STUDY_NAME = DEFAULT_STUDY_NAME
 _LOOP_TRIAL = "loop_trial"
+_RUN = "run"
+"""User attribute naming the run directory that asked a trial (several runs share a study)."""
 _CONSTRAINTS = "constraints"
 _SKIPPED = "skipped"
 _MAX_SKIPS = 10
@@ -74,6 +76,63 @@ def check_study_storage(path: str | Path) -> None:
                              "restore it or move it away to start a new study")
 
 
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage for ``--storage``: an RDB URL (SQLite, PostgreSQL, MySQL through
+    SQLAlchemy) or ``journal:FILE`` (Optuna's journal file storage, for a shared file system
+    without a database server). Unreachable or unusable storages are one-line errors."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in STORAGE_SCHEMES or ":" not in url:
+        raise NasdeployError(f"--storage {redact(url)[:120]!r}: give sqlite:///FILE, "
+                             "postgresql://USER@HOST:PORT/DB, mysql://USER@HOST/DB or journal:FILE")
+    try:
+        if scheme == "journal":
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(url.split(":", 1)[1]))
+        if scheme == "sqlite":
+            path = Path(url.split(":///", 1)[-1])
+            if path.exists():
+                check_study_storage(path)
+        return _rdb_storage(url, scheme)
+    except NasdeployError:
+        raise
+    except ModuleNotFoundError as exc:
+        driver = "psycopg2-binary" if scheme == "postgresql" else "pymysql"
+        raise NasdeployError(f"--storage {scheme}: the database driver is not installed ({exc.name}); "
+                             f"pip install {driver}") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and driver errors
+        raise NasdeployError(f"cannot open the Optuna storage {redact(url)[:120]} "
+                             f"({one_line(exc, 200)})") from None
+
+
+def _rdb_storage(url: str, scheme: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried when another search creates Optuna's tables at the same moment
+    (two first connections to an empty database race on ``CREATE TABLE``)."""
+    import time
+
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    kwargs = {"pool_pre_ping": True} if scheme != "sqlite" else None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (IntegrityError, ProgrammingError):  # the other search's schema won the race
+            if attempt == attempts - 1:
+                raise
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _stored_constraints(trial: FrozenTrial) -> Sequence[float]:
     """NSGA-II's ``constraints_func``: the values :meth:`OptunaStrategy._tell` stored."""
     return trial.user_attrs[_CONSTRAINTS]
@@ -96,8 +155,10 @@ class OptunaStrategy(Strategy):
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         raise NotImplementedError
 
-    def _storage(self) -> optuna.storages.RDBStorage | None:
-        """SQLite storage in the run directory (``None``: in memory, for tests)."""
+    def _storage(self) -> Any:
+        """``--storage`` when given, else SQLite in the run directory (``None``: in memory)."""
+        if self.config.storage:
+            return open_storage(self.config.storage)
         run_dir = self.config.run_dir
         if run_dir is None:
             return None
@@ -108,9 +169,22 @@ class OptunaStrategy(Strategy):
         return optuna.storages.RDBStorage(f"sqlite:///{path}")
 
     def close(self) -> None:
-        """Close the SQLite connections of the study's storage."""
-        if self.storage is not None:
-            self.storage.engine.dispose()
+        """Close the database connections of the study's storage."""
+        engine = getattr(self.storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+    @property
+    def where(self) -> str:
+        """The study's storage, for messages (a URL's password is hidden)."""
+        if self.config.storage:
+            return redact(self.config.storage)
+        return str(Path(str(self.config.run_dir)) / STUDY_DB_NAME)
+
+    @property
+    def run_tag(self) -> str:
+        """This run's name in the study's trials (the run directory's absolute path)."""
+        return str(Path(str(self.config.run_dir)).resolve()) if self.config.run_dir else "memory"
 
     def _open_study(self, seed: int) -> optuna.Study:
         self.storage = None
@@ -123,15 +197,14 @@ class OptunaStrategy(Strategy):
             raise
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy, SQLite and Optuna schema errors
             self.close()
-            where = Path(str(self.config.run_dir)) / STUDY_DB_NAME
-            raise NasdeployError(f"cannot open the Optuna study in {where} ({one_line(exc, 200)})"
+            raise NasdeployError(f"cannot open the Optuna study in {self.where} ({one_line(exc, 200)})"
                                  ) from None
         wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                   else optuna.study.StudyDirection.MINIMIZE for d in self.directions]
         if list(study.directions) != wanted:
-            where = Path(str(self.config.run_dir)) / STUDY_DB_NAME
-            raise NasdeployError(f"{where} holds a study {self.study_name!r} with other objectives; "
-                                 f"resume it with the strategy that created it")
+            self.close()
+            raise NasdeployError(f"{self.where} holds a study {self.study_name!r} with other objectives; "
+                                 f"use the strategy that created it")
         if study.metric_names != list(self.metric_names):
             with warnings.catch_warnings():  # experimental since Optuna 3.2, still stable
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -147,6 +220,7 @@ class OptunaStrategy(Strategy):
         """Ask for a trial; a genotype that already failed here is skipped (a few times)."""
         for attempt in range(_MAX_SKIPS + 1):
             trial = self.study.ask()
+            trial.set_user_attr(_RUN, self.run_tag)  # first: other searches sharing the study see whose it is
             values = {d.name: trial.suggest_categorical(d.name, d.choices)
                       for d in self.space.decisions()}
             genotype = self.space.from_values(values)
@@ -210,6 +284,11 @@ class OptunaStrategy(Strategy):
         for frozen in existing:
             if frozen.state != TrialState.RUNNING:
                 continue
+            # a study of our own (study.db) predates the run tag; in a shared one, an untagged
+            # trial was just asked by another search
+            owner = frozen.user_attrs.get(_RUN, None if self.config.storage else self.run_tag)
+            if owner != self.run_tag:
+                continue  # another search sharing the study is working on it
             index = frozen.user_attrs.get(_LOOP_TRIAL)
             if index is not None and index < len(records):
                 record = records[index]
