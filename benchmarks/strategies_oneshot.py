@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from benchmarks.logged import run_logged  # noqa: E402
 from search.core.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -51,26 +50,17 @@ STRATEGIES = ("rl", "tpe", "random", "nsga2")
 TARGET, TARGET_PX = "2@192", 32
 
 
-def _run(cmd: list[str], log: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with log.open("a") as out:
-        out.write("$ " + " ".join(cmd) + "\n")
-        out.flush()
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
-    if rc != 0:
-        sys.exit(f"error: {' '.join(cmd[:4])} ... failed (exit {rc}); see {log}")
-
-
 def predictor(work: Path) -> Path:
     """The target's latency predictor, profiled on this host once (40 genotypes)."""
     out = work / "latency_predictor.json"
     if not out.is_file():
         profile = work / "latency_profile"
         if not (profile / "measurements.json").is_file():
-            _run([sys.executable, "-m", "search.latency", "profile", "--target-variant", TARGET,
-                  "--image-size", str(TARGET_PX), "--samples", "40", "--out", str(profile)], work / "log.txt")
-        _run([sys.executable, "-m", "search.latency", "fit", str(profile / "measurements.json"), "--out",
-              str(out)], work / "log.txt")
+            run_logged([sys.executable, "-m", "search.latency", "profile", "--target-variant", TARGET,
+                        "--image-size", str(TARGET_PX), "--samples", "40", "--out", str(profile)],
+                       work / "log.txt")
+        run_logged([sys.executable, "-m", "search.latency", "fit", str(profile / "measurements.json"),
+                    "--out", str(out)], work / "log.txt")
     return out
 
 
@@ -94,7 +84,7 @@ def search(strategy: str, seed: int, args: argparse.Namespace, latency: Path) ->
                "--trials", str(args.trials), "--rerank", "3", "--strategy", strategy, "--seed", str(seed),
                "--out", str(run), "--no-progress"]
     started = time.perf_counter()
-    _run(cmd, Path(args.work) / "log.txt")
+    run_logged(cmd, Path(args.work) / "log.txt")
     (run / "bench_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     return run
 
