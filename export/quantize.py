@@ -141,8 +141,12 @@ def dataset_arguments(calib_data: str, data_dir: str | None) -> tuple[str, str |
 
 
 def load_images(calib_data: str, data_dir: str | None, info: ModelCard, calib_size: int,
-                eval_size: int, seed: int = 0) -> EvalData:
-    """Calibration images from the training split, held-out ones from test (or validation)."""
+                eval_size: int, seed: int = 0, require_classes: bool = False) -> EvalData:
+    """Calibration images from the training split, held-out ones from test (or validation).
+
+    With ``require_classes`` (int8), data of other classes than the model's is refused: the
+    ranges and the parts kept float would be chosen on images the model never classifies.
+    """
     import torch
 
     from search.data.datasets import load_dataset
@@ -159,6 +163,12 @@ def load_images(calib_data: str, data_dir: str | None, info: ModelCard, calib_si
     split = "test" if bundle.test is not None else "validation"
     eval_idx = torch.randperm(len(held), generator=generator)[:eval_size]
     labels_fit = list(bundle.class_names) == list(info.class_names)
+    if not labels_fit and require_classes:
+        theirs, ours = list(bundle.class_names), list(info.class_names)
+        raise NasdeployError(f"--calib-data {calib_data}: its {len(theirs)} classes ({', '.join(theirs[:4])}"
+                             f"{', ...' if len(theirs) > 4 else ''}) are not the model's {len(ours)} "
+                             f"({', '.join(ours[:4])}{', ...' if len(ours) > 4 else ''}); calibrate on "
+                             "images of the model's classes")
     if not labels_fit:
         warn(f"{name} classes differ from the model's: accuracy is not reported, only agreement")
     return EvalData(
@@ -194,7 +204,8 @@ def evaluation_data(config: Any, info: ModelCard, dataset: str | None, log: Any 
         return random_inputs(info, seed=config.seed)
     log(f"loading calibration / evaluation images from {source} ...")
     try:
-        return load_images(source, config.data_dir, info, config.calib_size, config.eval_size, config.seed)
+        return load_images(source, config.data_dir, info, config.calib_size, config.eval_size, config.seed,
+                           require_classes=config.int8)
     except NasdeployError as exc:
         if config.int8 or config.calib_data:
             raise

@@ -286,8 +286,11 @@ def test_qat_writes_a_symmetric_qdq_model_that_runs_what_was_trained(qat_export)
     assert "quantization-aware training" in "\n".join(summary_lines(result))
 
 
-def test_qat_needs_labels_of_the_models_classes(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--qat", "1"]], ids=["ptq", "qat"])
+def test_int8_data_of_other_classes_is_one_line_and_nothing_is_written(tmp_path, capsys, flags):
     from PIL import Image
+
+    from export.onnx import main as export_main
 
     ckpt, _ = make_checkpoint(tmp_path / "checkpoint.pt")
     folder = tmp_path / "other"
@@ -296,10 +299,11 @@ def test_qat_needs_labels_of_the_models_classes(tmp_path):
         for i in range(4):
             Image.new("RGB", (16, 16), (i * 40, 10, 200)).save(folder / name / f"{i}.png")
     out = tmp_path / "out"
-    config = ExportConfig(source=str(ckpt), int8=True, qat=1, calib_data=str(folder), out=str(out))
-    with pytest.raises(NasdeployError, match="--qat trains on labels"):
-        export_model(config, log=lambda *_: None)
-    assert not (out / "model.int8.onnx").exists() and not (out / "model.onnx").exists()
+    code = export_main([str(ckpt), "--int8", "--calib-data", str(folder), "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "are not the model's 10" in err and "cat, dog" in err
+    assert not out.exists() or not any(out.iterdir())
 
 
 # --- the fastest precision -------------------------------------------------------------------
