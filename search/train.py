@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         out = settings.out if settings is not None and settings.out else args.out
         print(f"interrupted; continue with: python -m search.train --resume {out}", file=sys.stderr)
         return 130
+    from search.training.distributed import from_env
+
+    if not from_env().main:  # under torchrun, rank 0 reports for the job
+        return 0
     test = "n/a (no test split)" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
     payload = {"checkpoint": str(result.checkpoint), "out_dir": str(result.out_dir), "epochs": result.epochs,
                "train_accuracy": result.train_accuracy, "val_accuracy": result.val_accuracy,

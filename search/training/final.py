@@ -30,6 +30,7 @@ from search.nn.model import build_model
 from search.space.card import ModelCard
 from search.space.genotype import Genotype
 from search.space.scale import check_size, parse_scale, scale_summary
+from search.training import distributed
 from search.training.loop import (
     DivergedError,
     TrainConfig,
@@ -113,7 +114,9 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True,
     if genotype is None:
         raise NasdeployError("no genotype to train: name a run directory, genotype file or built-in")
     config = settings.train
-    device = resolve_device(config.device)
+    dist, device = distributed.setup(resolve_device(config.device))
+    if not dist.main:
+        log = _silent  # rank 0 speaks for the job
     parse_scale(settings.variant, settings.image_size)  # N, F and the size in range before loading
     data = load_dataset(settings.dataset, settings.data_dir, image_size=settings.image_size,
                         val_fraction=settings.val_fraction, train_size=settings.train_size,
@@ -125,17 +128,26 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True,
                      mean=data.mean, std=data.std, auxiliary=settings.auxiliary,
                      dataset=data.name)
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once every input has been checked
+    distributed.barrier(dist)  # every rank has checked the directory before rank 0 creates it
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once every input has been checked
     try:
-        return _train(settings, genotype, data, scale, spec, state, device, out_dir, progress, log)
+        return _train(settings, genotype, data, scale, spec, state, device, out_dir,
+                      progress and dist.main, log, dist)
     except Exception as exc:
-        if created:
+        if created and dist.main:
             _remove_unused(out_dir)
         if _out_of_memory(exc):
             raise NasdeployError(f"out of memory training {scale.label} at {data.image_size} px with batch "
                                  f"{config.batch_size} on {device}: lower --batch, --image-size or the "
                                  "variant") from None
         raise
+    finally:
+        distributed.teardown(dist)
+
+
+def _silent(*_: Any) -> None:
+    """The log of ranks other than 0."""
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -155,27 +167,31 @@ def _remove_unused(out_dir: Path) -> None:
 
 def _train(settings: FinalTrainSettings, genotype: Genotype, data: DataBundle, scale: Any,
            spec: ModelCard, state: dict[str, Any] | None, device: torch.device, out_dir: Path,
-           progress: bool, log: Any) -> FinalTrainResult:
+           progress: bool, log: Any, dist: distributed.Dist | None = None) -> FinalTrainResult:
     config = settings.train
     ckpt_path = out_dir / CHECKPOINT_NAME
     torch.manual_seed(config.seed)
     model = build_model(genotype, scale, num_classes=data.num_classes,
                         image_size=data.image_size, auxiliary=settings.auxiliary,
                         drop_path_prob=config.drop_path_prob).to(device)
+    dist = dist or distributed.Dist()
     resumed_at = len(state["training"]["history"]) if state is not None else 0
-    log(_resolved_line(settings, data, scale, model, device, out_dir, resumed_at))
+    log(_resolved_line(settings, data, scale, model, device, out_dir, resumed_at, dist))
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch(data.train, config.batch_size))
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch(data.train, config.batch_size, dist.world))
     history: list[dict[str, Any]] = []
     if state is not None:
         history = _restore(state, model, optimizer, scheduler)
+    trained = distributed.wrap(model, dist, device)  # the same module, synchronised over ranks
     for epoch in range(len(history), config.epochs):
         torch.manual_seed(config.seed * 1_000_003 + epoch)  # drop-path RNG, resumable
-        history.append(_run_epoch(model, data, optimizer, scheduler, config, epoch, device,
-                                  progress))
-        training = _training_state(settings, optimizer, scheduler, history)
-        save_checkpoint(ckpt_path, model, spec, metrics=_metrics(history), training=training)
-        _write_log(out_dir / TRAIN_LOG_NAME, history)
+        history.append(_run_epoch(trained, model, data, optimizer, scheduler, config, epoch, device,
+                                  progress, dist))
+        if dist.main:
+            training = _training_state(settings, optimizer, scheduler, history)
+            save_checkpoint(ckpt_path, model, spec, metrics=_metrics(history), training=training)
+            _write_log(out_dir / TRAIN_LOG_NAME, history)
+        distributed.barrier(dist)
         log(_epoch_line(history[-1], config.epochs))
     test_accuracy = evaluate_accuracy(model, data.test, device) if data.test else None
     metrics = {**_metrics(history), "test_accuracy": test_accuracy}
@@ -183,17 +199,23 @@ def _train(settings: FinalTrainSettings, genotype: Genotype, data: DataBundle, s
                           data.num_classes)
     if warning:
         log(warning)
-    save_checkpoint(ckpt_path, model, spec, metrics=metrics,
-                    training=_training_state(settings, optimizer, scheduler, history))
+    if dist.main:
+        save_checkpoint(ckpt_path, model, spec, metrics=metrics,
+                        training=_training_state(settings, optimizer, scheduler, history))
+    distributed.barrier(dist)
     return FinalTrainResult(out_dir, ckpt_path, config.epochs, history[-1]["train_accuracy"],
                             test_accuracy, history[-1].get("val_accuracy"))
 
 
 def _resolved_line(settings: FinalTrainSettings, data: DataBundle, scale: Any, model: torch.nn.Module,
-                   device: torch.device, out_dir: Path, resumed_at: int) -> str:
+                   device: torch.device, out_dir: Path, resumed_at: int,
+                   dist: distributed.Dist | None = None) -> str:
     """What is about to be trained (two lines): no guessing which model runs."""
     config = settings.train
     start = f", resuming after epoch {resumed_at}" if resumed_at else ""
+    if dist is not None and dist.enabled:
+        start += (f"; {dist.world} processes (torchrun), batch {config.batch_size} each, "
+                  f"{config.batch_size * dist.world} in all")
     return (f"training {settings.name}: {scale_summary(scale, settings.genotype)}; "
             f"{count_params(model) / 1e6:.3f} M params\n"
             f"data {data.name}: {data.num_classes} classes, {len(data.train)} training images at "
@@ -250,9 +272,11 @@ def _training_state(settings: FinalTrainSettings, optimizer: torch.optim.Optimiz
             "history": history}
 
 
-def _run_epoch(model: torch.nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
-               scheduler: Any, config: TrainConfig, epoch: int, device: torch.device,
-               progress: bool) -> dict[str, Any]:
+def _run_epoch(model: torch.nn.Module, network: torch.nn.Module, data: DataBundle,
+               optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig, epoch: int,
+               device: torch.device, progress: bool, dist: distributed.Dist) -> dict[str, Any]:
+    """One epoch of ``model`` (``network`` itself, or it wrapped for data parallelism); loss and
+    accuracy are over every rank's images, the validation accuracy of ``network``."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -269,16 +293,18 @@ def _run_epoch(model: torch.nn.Module, data: DataBundle, optimizer: torch.optim.
 
     try:
         stats = train_epoch(model, data.train, optimizer, scheduler, config, epoch, device,
-                            on_batch)
+                            on_batch, shard=dist.shard)
     except DivergedError as exc:
         raise NasdeployError(f"training diverged ({exc}); lower --lr or raise --batch-size"
                              ) from None
     finally:
         bar.close()
-    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(stats.loss, 5),
-                           "train_accuracy": round(stats.accuracy, 5), "lr": stats.lr}
+    loss, correct, seen = distributed.sum_over_ranks(
+        [stats.loss * stats.samples, stats.accuracy * stats.samples, float(stats.samples)], dist, device)
+    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(loss / max(seen, 1), 5),
+                           "train_accuracy": round(correct / max(seen, 1), 5), "lr": stats.lr}
     if len(data.val):
-        row["val_accuracy"] = round(evaluate_accuracy(model, data.val, device), 5)
+        row["val_accuracy"] = round(evaluate_accuracy(network, data.val, device), 5)
     row["time_s"] = round(time.perf_counter() - start, 2)
     return row
 

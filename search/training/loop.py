@@ -100,24 +100,47 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
 
 
-def steps_per_epoch(dataset: Dataset, batch_size: int) -> int:
-    """Number of batches in one pass over ``dataset``."""
-    return max(1, math.ceil(len(dataset) / batch_size))  # type: ignore[arg-type]
+def steps_per_epoch(dataset: Dataset, batch_size: int, world: int = 1) -> int:
+    """Number of batches in one pass over ``dataset`` (over one rank's share of ``world``)."""
+    per_rank = math.ceil(len(dataset) / world)  # type: ignore[arg-type]
+    return max(1, math.ceil(per_rank / batch_size))
+
+
+def shard_order(order: torch.Tensor, shard: tuple[int, int] | None) -> torch.Tensor:
+    """This rank's share of ``order``: padded to a multiple of the world size by repeating its
+    start, then every ``world``-th index from ``rank`` (``DistributedSampler``'s split)."""
+    if shard is None:
+        return order
+    rank, world = shard
+    padding = (-len(order)) % world
+    if padding:
+        order = torch.cat([order, order[:padding]])
+    return order[rank::world]
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False,
-                    generator: torch.Generator | None = None
+                    generator: torch.Generator | None = None, shard: tuple[int, int] | None = None
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of ``(images, labels)``; tensor slices for in-memory datasets, else a DataLoader.
 
     Shuffling and augmentation draw from ``generator`` only, so an epoch is reproducible
-    from its seed alone (and a resumed run sees the same batches).
+    from its seed alone (and a resumed run sees the same batches). ``shard=(rank, world)``
+    yields only this rank's share of the epoch's permutation (every rank draws the same one).
     """
     if isinstance(dataset, ImageTensorDataset):
         n = len(dataset)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
+        order = shard_order(order, shard)
+        for start in range(0, len(order), batch_size):
             yield dataset.batch(order[start:start + batch_size], generator)
+        return
+    if shard is not None:
+        from torch.utils.data import DistributedSampler
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
+        sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle,
+                                     seed=seed)
+        yield from DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0)
         return
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                         num_workers=0)
@@ -138,6 +161,7 @@ def train_epoch(
     epoch: int,
     device: torch.device,
     on_batch: BatchCallback | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> EpochStats:
     """Train ``model`` for one epoch (``epoch`` counts from 0).
 
@@ -145,12 +169,13 @@ def train_epoch(
         DivergedError: the loss became NaN or infinite.
     """
     model.train()
-    if hasattr(model, "set_drop_path_progress"):
-        model.set_drop_path_progress(epoch / config.epochs)
+    inner = getattr(model, "module", model)  # under DistributedDataParallel, the network itself
+    if hasattr(inner, "set_drop_path_progress"):
+        inner.set_drop_path_progress(epoch / config.epochs)
     total_loss, correct, seen = 0.0, 0, 0
     lr = optimizer.param_groups[0]["lr"]
     batches = iterate_batches(dataset, config.batch_size, shuffle=True,
-                              generator=epoch_generator(config.seed, epoch))
+                              generator=epoch_generator(config.seed, epoch), shard=shard)
     for images, labels in batches:
         images, labels = images.to(device), labels.to(device)
         logits, loss = _forward_loss(model, images, labels, config)
