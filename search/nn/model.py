@@ -24,6 +24,20 @@ def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
     return x * mask / keep
 
 
+def preprocessing(c_prev_prev: int, c_prev: int, channels: int,
+                  reduction_prev: bool) -> tuple[nn.Module, nn.Module]:
+    """A cell's inputs brought to its width: h[k-2] through a FactorizedReduce after a
+    reduction cell, a 1x1 ReLUConvBN when its width differs, else as it is; h[k-1] through a
+    1x1 ReLUConvBN (the supernet's cells use the same)."""
+    if reduction_prev:
+        pre0: nn.Module = FactorizedReduce(c_prev_prev, channels)
+    elif c_prev_prev != channels:
+        pre0 = ReLUConvBN(c_prev_prev, channels, 1, 1)
+    else:
+        pre0 = Identity()
+    return pre0, ReLUConvBN(c_prev, channels, 1, 1)
+
+
 class CellModule(nn.Module):
     """One normal or reduction cell built from a :class:`search.space.genotype.Cell`."""
 
@@ -40,13 +54,7 @@ class CellModule(nn.Module):
         self.cell = cell
         self.reduction = reduction
         self.drop_prob = 0.0
-        if reduction_prev:
-            self.pre0: nn.Module = FactorizedReduce(c_prev_prev, channels)
-        elif c_prev_prev != channels:
-            self.pre0 = ReLUConvBN(c_prev_prev, channels, 1, 1)
-        else:
-            self.pre0 = Identity()
-        self.pre1 = ReLUConvBN(c_prev, channels, 1, 1)
+        self.pre0, self.pre1 = preprocessing(c_prev_prev, c_prev, channels, reduction_prev)
         self.ops = nn.ModuleList()
         self.combines = nn.ModuleList()
         for block in cell.blocks:

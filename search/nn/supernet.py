@@ -47,7 +47,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from search.core.errors import NasdeployError
-from search.nn.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
+from search.nn.model import preprocessing
+from search.nn.ops import FactorizedReduce, ReLUConvBN, build_op
 from search.space import genotype as gt
 from search.space.opnames import COMBINES, OP_NAMES
 from search.space.scale import Scale, cell_plan, check_size, stem_shape
@@ -152,13 +153,7 @@ class SuperCell(nn.Module):
         self.channels = channels
         self.reduction = reduction
         self.c_prev_prev, self.c_prev = c_prev_prev, c_prev
-        if reduction_prev:
-            self.pre0: nn.Module = FactorizedReduce(c_prev_prev, channels)
-        elif c_prev_prev != channels:
-            self.pre0 = ReLUConvBN(c_prev_prev, channels, 1, 1)
-        else:
-            self.pre0 = Identity()
-        self.pre1 = ReLUConvBN(c_prev, channels, 1, 1)
+        self.pre0, self.pre1 = preprocessing(c_prev_prev, c_prev, channels, reduction_prev)
         # ops[b][i][name]: the op of block b reading state i (stride 2 on a reduction cell's inputs).
         self.ops = nn.ModuleList(
             nn.ModuleList(
