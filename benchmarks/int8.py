@@ -81,13 +81,9 @@ def export(folder: Path, row: dict[str, Any], out: Path, *flags: str) -> dict[st
 
 def latencies(models: dict[str, Path], rounds: int = 3) -> dict[str, dict[str, float]]:
     """Batch-1 median latency of each model, interleaved rounds, one thread: median and spread."""
-    from search.runtime.repeatable import time_onnx_model
+    from search.runtime.repeatable import interleaved_medians
 
-    seen: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, path in models.items():
-            timed = time_onnx_model(path, threads=1, warmup=5, repeats=50, max_time_s=3.0)
-            seen[name].append(timed.median_ms)
+    seen = interleaved_medians(models, rounds=rounds, threads=1, warmup=5, repeats=50, max_time_s=3.0)
     return {name: {"ms": round(sorted(v)[len(v) // 2], 3), "min": round(min(v), 3), "max": round(max(v), 3)}
             for name, v in seen.items()}
 

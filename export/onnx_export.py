@@ -533,7 +533,7 @@ def time_precisions(staged: Path, report: dict[str, Any], log: Any) -> dict[str,
     """Batch-1 latency of every precision written, on this machine, and the fastest one that
     agrees with fp32 on at least ``FASTEST_AGREEMENT`` of the held-out images (fp32 always
     qualifies); ``serve`` and the app load that one when given the folder."""
-    from search.runtime.repeatable import time_onnx_model
+    from search.runtime.repeatable import interleaved_medians
 
     models = {"fp32": staged}
     for precision in ("fp16", "int8"):
@@ -541,11 +541,7 @@ def time_precisions(staged: Path, report: dict[str, Any], log: Any) -> dict[str,
         if section and section.get("written", True) and variant_path(staged, precision).is_file():
             models[precision] = variant_path(staged, precision)
     log(f"timing {', '.join(models)} at batch 1 on this machine ...")
-    rounds: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(3):  # interleaved, so a change in the host's load hits every precision alike
-        for name, path in models.items():
-            timed = time_onnx_model(path, threads=1, warmup=3, repeats=20, max_time_s=1.0)
-            rounds[name].append(timed.median_ms)
+    rounds = interleaved_medians(models, rounds=3, threads=1, warmup=3, repeats=20, max_time_s=1.0)
     latency = {name: round(sorted(v)[1], 4) for name, v in rounds.items()}
     eligible = [name for name in models
                 if name == "fp32" or report[name].get("top1_agreement", 0.0) >= FASTEST_AGREEMENT]

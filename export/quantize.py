@@ -472,11 +472,9 @@ SENSITIVITY_SUFFIXES = (".csv", ".md", ".png")
 
 def _latencies(models: dict[str, Path]) -> dict[str, Any]:
     """Batch-1 p50 latency of each model on this machine (ONNX Runtime CPU, one thread)."""
-    from search.runtime.repeatable import time_onnx_model
+    from search.runtime.repeatable import interleaved_medians
 
-    out: dict[str, Any] = {}
-    for name, path in models.items():
-        m = time_onnx_model(path, threads=1, warmup=5, repeats=30, max_time_s=2.0)
-        out[name] = round(m.median_ms, 3)
+    timed = interleaved_medians(models, rounds=1, threads=1, warmup=5, repeats=30, max_time_s=2.0)
+    out: dict[str, Any] = {name: round(ms[0], 3) for name, ms in timed.items()}
     out["timing"] = "ONNX Runtime CPU, 1 thread, batch 1, p50, measured during the export"
     return out

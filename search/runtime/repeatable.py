@@ -118,3 +118,15 @@ def time_onnx_model(path: str | os.PathLike[str], *, device: str = "cpu", thread
                               max_time_s=max_time_s, spread_limit=spread_limit, retries=retries,
                               provider=session_provider(session), threads=settings.intra_op_threads,
                               batch_size=1)
+
+
+def interleaved_medians(models: dict[str, str | os.PathLike[str]], *, rounds: int = 3,
+                        **timing: Any) -> dict[str, list[float]]:
+    """Batch-1 median latency (ms) of each ONNX model, once per round, the models taken in turn
+    within every round so a change in the host's load hits them alike; ``timing`` goes to
+    :func:`time_onnx_model`."""
+    seen: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, path in models.items():
+            seen[name].append(time_onnx_model(path, **timing).median_ms)
+    return seen
