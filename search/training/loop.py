@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from search.core.errors import NasdeployError
 from search.data.datasets import ImageTensorDataset
+from search.nn.device import to_channels_last
 
 BatchCallback = Callable[[int, float, float], None]
 """Called after every batch with (samples in the batch, batch loss, running accuracy)."""
@@ -52,6 +53,7 @@ class TrainConfig:
     drop_path_prob: float = 0.0
     device: str = "cpu"
     seed: int = 0
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -169,6 +171,8 @@ def train_epoch(
         DivergedError: the loss became NaN or infinite.
     """
     model.train()
+    if config.channels_last:
+        to_channels_last(model)
     inner = getattr(model, "module", model)  # under DistributedDataParallel, the network itself
     if hasattr(inner, "set_drop_path_progress"):
         inner.set_drop_path_progress(epoch / config.epochs)
@@ -178,6 +182,8 @@ def train_epoch(
                               generator=epoch_generator(config.seed, epoch), shard=shard)
     for images, labels in batches:
         images, labels = images.to(device), labels.to(device)
+        if config.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         logits, loss = _forward_loss(model, images, labels, config)
         if not torch.isfinite(loss):
             raise DivergedError(f"loss became {loss.item()} in epoch {epoch + 1}")
