@@ -5,6 +5,7 @@ Examples::
     python -m search.run --latency-budget 5ms --dataset digits --trials 8
     python -m search.run --latency-budget 5ms --strategy tpe --time-budget 30m \\
         --dataset cifar10 --data-dir ../shared/data/cifar10/cifar10.npz
+    python -m search.run --latency-budget 5ms --dataset digits --trials 16 --workers 2
     python -m search.run --resume runs/20261123-200000-rl-digits
 """
 
@@ -16,7 +17,8 @@ import sys
 from search.core import cli
 from search.core.errors import USER_ERRORS, NasdeployError, report_user_error
 
-RESUME_FLAGS = {"resume", "trials", "time_budget", "no_progress", "json"}
+WORKER_FLAGS = ("workers", "ray_address", "gpus_per_child")
+RESUME_FLAGS = {"resume", "trials", "time_budget", "no_progress", "json", *WORKER_FLAGS}
 
 
 def _keep_text(convert):
@@ -100,9 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
              "e.g. postgresql://user:pass@host:5432/db, mysql://..., sqlite:///shared.db or "
              "journal:FILE; searches on several machines given the same --storage and --study-name "
              "share one study (each keeps its own run directory)")
+    add("--workers", type=cli.positive_int, metavar="N",
+        help="evaluate N children at a time on Ray workers: a local Ray instance started by the run, "
+             "or with --ray-address at most N on that cluster (default: one at a time in this process; "
+             "with --ray-address, as many as the cluster's CPUs or GPUs hold); needs the distributed "
+             "extra, see docs/distributed.md")
+    add("--ray-address", metavar="HOST:PORT",
+        help="evaluate children on the Ray cluster whose head `ray start --head` started there (or "
+             "auto); a node that joined with --resources '{\"latency_target\": 1}' measures latency "
+             "(default: none)")
+    add("--gpus-per-child", type=cli.non_negative_float, metavar="G",
+        help="GPUs each child's Ray task holds, a fraction shares one (0.5: two children per GPU) "
+             "(default: 1 on a cluster with GPUs unless --device cpu, else 0)")
     add("--out", metavar="DIR", help="run directory (default: a new one under runs/)")
     add("--resume", metavar="DIR", help="continue an interrupted run in DIR with its config.json settings "
-                                        "(only --trials and --time-budget may change)")
+                                        "(only --trials, --time-budget and the worker flags may change)")
     add("--no-progress", action="store_true", default=None,
         help="no progress bar: one line per finished trial (also when output is not a terminal)")
     cli.add_json(p, "the search result (selected trial, figures, files)")
@@ -122,9 +136,11 @@ def _run(given: dict[str, object]):  # -> SearchResult
         if extra:
             flags = ", ".join("--" + k.replace("_", "-") for k in extra)
             raise NasdeployError(f"--resume takes the settings from the run's config.json; "
-                                 f"only --trials and --time-budget may change ({flags} given)")
+                                 f"only --trials, --time-budget, --workers, --ray-address and "
+                                 f"--gpus-per-child may change ({flags} given)")
         return resume_search(str(given["resume"]), trials=given.get("trials"),  # type: ignore[arg-type]
-                             time_budget=given.get("time_budget"), progress=progress)  # type: ignore[arg-type]
+                             time_budget=given.get("time_budget"), progress=progress,  # type: ignore[arg-type]
+                             workers={k: given[k] for k in WORKER_FLAGS if k in given})
     if "latency_budget" not in given:
         raise NasdeployError("--latency-budget is required, e.g. --latency-budget 5ms")
     given["hard_constraint"] = bool(given.get("hard_constraint", False))

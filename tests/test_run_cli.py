@@ -64,7 +64,8 @@ def test_resume_needs_a_run_directory_and_no_other_settings(capsys, tmp_path):
     _one_line_error(capsys, ["--resume", str(tmp_path)], "is not a search run directory")
     (tmp_path / "config.json").write_text(json.dumps({"latency_budget": "5ms"}))
     _one_line_error(capsys, ["--resume", str(tmp_path), "--strategy", "tpe"],
-                    "only --trials and --time-budget may change (--strategy given)")
+                    "only --trials, --time-budget, --workers, --ray-address and --gpus-per-child may "
+                    "change (--strategy given)")
 
 
 def test_missing_cifar_without_network_names_data_dir_and_digits(capsys, tmp_path,

@@ -71,19 +71,19 @@ def _spread(cost: Any, name: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
-                       strategy: str) -> TrialRecord:
-    """Score one genotype; failures become a ``failed`` record with reward 0.
+def measure_cost(genotype: Genotype, cost_fn: CostFn) -> dict[str, Any]:
+    """The cost half of a trial record: latency, MACs, params and why it failed, if it did.
 
     ``NasdeployError`` (a setup problem such as a missing runtime) propagates, except
     :class:`~search.core.errors.MeasurementError` (this candidate could not be measured).
+    Runs where the cost is measured (the search process, or a Ray worker on the latency
+    target: :mod:`search.experiment.workers`).
     """
-    start = time.perf_counter()
     fields: dict[str, Any] = {"latency_ms": None, "macs": None, "params": None,
                               "accuracy": 0.0, "status": "failed", "error": None,
                               "train_time_s": 0.0, "latency_time_s": 0.0}
     try:
-        cost = evaluator.cost_fn(genotype)
+        cost = cost_fn(genotype)
         fields.update(latency_ms=_finite(cost.latency_ms, math.nan), macs=int(cost.macs),
                       params=int(cost.params), latency_time_s=_finite(cost.measure_time_s))
         spread = {k: _spread(cost, k) for k in ("latency_p10_ms", "latency_p90_ms")}
@@ -96,19 +96,38 @@ def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
         fields["error"] = f"latency: {one_line(exc)}"
     if fields["error"] is None and not math.isfinite(fields["latency_ms"]):
         fields.update(latency_ms=None, error="latency: not a finite number")
-    if fields["error"] is None:
-        result = evaluator.accuracy_fn(genotype)
+    return fields
+
+
+def finish_candidate(genotype: Genotype, fields: dict[str, Any], result: Any, reward_config: RewardConfig,
+                     trial: int, strategy: str, wall_time_s: float) -> TrialRecord:
+    """The trial record from :func:`measure_cost`'s fields and the accuracy ``result``
+    (``None`` when the cost failed and no child was trained); a failure has reward 0."""
+    fields = dict(fields)
+    if result is not None:
         fields.update(accuracy=_finite(result.accuracy), status=result.status,
                       error=result.error, train_time_s=_finite(result.train_time_s))
     ok = fields["status"] == "ok"
     latency = fields["latency_ms"]
-    reward = mnas_reward(fields["accuracy"], latency, evaluator.reward, fields["macs"]) \
-        if ok else 0.0
-    feasible = latency is not None and is_feasible(latency, evaluator.reward, fields["macs"])
+    reward = mnas_reward(fields["accuracy"], latency, reward_config, fields["macs"]) if ok else 0.0
+    feasible = latency is not None and is_feasible(latency, reward_config, fields["macs"])
     return TrialRecord(
         trial=trial, strategy=strategy, genotype=genotype.to_dict(), reward=_finite(reward),
-        feasible=bool(ok and feasible), wall_time_s=time.perf_counter() - start,
-        finished_at=utc_now(), **fields)
+        feasible=bool(ok and feasible), wall_time_s=wall_time_s, finished_at=utc_now(), **fields)
+
+
+def evaluate_candidate(genotype: Genotype, evaluator: Evaluator, trial: int,
+                       strategy: str) -> TrialRecord:
+    """Score one genotype; failures become a ``failed`` record with reward 0.
+
+    ``NasdeployError`` (a setup problem such as a missing runtime) propagates, except
+    :class:`~search.core.errors.MeasurementError` (this candidate could not be measured).
+    """
+    start = time.perf_counter()
+    fields = measure_cost(genotype, evaluator.cost_fn)
+    result = evaluator.accuracy_fn(genotype) if fields["error"] is None else None
+    return finish_candidate(genotype, fields, result, evaluator.reward, trial, strategy,
+                            time.perf_counter() - start)
 
 
 def _reuse(earlier: TrialRecord, trial: int, strategy: str, start: float) -> TrialRecord:

@@ -120,6 +120,9 @@ class SearchConfig:
     supernet_epochs: int | None = None
     supernet: str | None = None  # a finished supernet.pt to score with instead of training one
     storage: str | None = None  # an Optuna storage URL shared by several searches
+    workers: int | None = None  # children evaluated at a time by Ray workers (None: one, in-process)
+    ray_address: str | None = None  # an existing Ray cluster to evaluate children on
+    gpus_per_child: float | None = None  # GPUs each child's Ray task holds (None: 1 on GPU clusters)
 
     def validate(self) -> None:
         """Check every setting; raise :class:`NasdeployError` with one line."""
@@ -136,7 +139,7 @@ class SearchConfig:
             raise NasdeployError(f"unknown dataset {self.dataset!r}; choose from "
                                  f"{', '.join(CHILD_DEFAULTS)}")
         for name in ("trials", "child_epochs", "child_train_size", "blocks", "rl_batch",
-                     "image_size", "supernet_epochs", "child_image_size"):
+                     "image_size", "supernet_epochs", "child_image_size", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NasdeployError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -155,6 +158,15 @@ class SearchConfig:
             engine = getattr(storage, "engine", None)
             if engine is not None:
                 engine.dispose()
+        if self.ray_address is not None or self.gpus_per_child is not None:
+            from search.experiment.workers import check_gpus, parse_address
+
+            if self.ray_address is not None:
+                parse_address(self.ray_address)
+            check_gpus(self.gpus_per_child)
+            if self.gpus_per_child is not None and self.workers is None and self.ray_address is None:
+                raise NasdeployError("--gpus-per-child is for children on Ray workers: add --workers N "
+                                     "or --ray-address HOST:PORT")
         if self.supernet is not None:
             if self.evaluator != "oneshot":
                 raise NasdeployError("--supernet scores candidates with a trained supernet: add "
@@ -295,7 +307,7 @@ def _settings(config: SearchConfig, data: Any) -> tuple[Any, Any]:
     return child_settings, latency
 
 
-def _evaluator(config: SearchConfig, data: Any, run_dir: Path) -> Evaluator:
+def _evaluator(config: SearchConfig, data: Any, run_dir: Path, remote_latency: bool = False) -> Evaluator:
     from search.evaluation.latency import LatencyMeter
     from search.evaluation.proxy import evaluate_child
 
@@ -311,6 +323,8 @@ def _evaluator(config: SearchConfig, data: Any, run_dir: Path) -> Evaluator:
     elif config.evaluator == "oneshot":
         LatencyMeter(latency)  # the run profiles its own predictor here: check the device now
         meter = None  # set by _prepare_oneshot, inside the run directory's lock
+    elif remote_latency:
+        meter = None  # Ray tasks on the latency target measure (search.experiment.workers)
     else:
         meter = LatencyMeter(latency, run_dir / LATENCY_CACHE_NAME)
     accuracy: Any = partial(evaluate_child, data=data, settings=child)
@@ -493,26 +507,41 @@ def run_search(config: SearchConfig, *, progress: bool = True, resume: bool = Fa
     else:
         _check_new(run_dir, resume)
     start = time.perf_counter()
-    shared = _shared_supernet(config, run_dir) if config.supernet else None
-    data = _load_data(config, None if shared is None else shared["settings"]["seed"])
-    config.check_sizes(data.num_classes)
-    evaluator = _evaluator(config, data, run_dir)  # checks the latency provider first
-    config.out = str(run_dir)
-    if config.study_name is None:
-        config.study_name = default_study_name(run_dir, resume)
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    pool = _connect_workers(config)  # Ray: started or joined before anything is written
     try:
-        with run_lock(run_dir):
-            return _search(config, data, evaluator, run_dir, progress, start, resume)
-    except Exception:
-        if created:
-            _remove_unused(run_dir)
-        raise
+        shared = _shared_supernet(config, run_dir) if config.supernet else None
+        data = _load_data(config, None if shared is None else shared["settings"]["seed"])
+        config.check_sizes(data.num_classes)
+        # checks the latency provider first (on the latency target when a Ray node has it)
+        evaluator = _evaluator(config, data, run_dir, remote_latency=pool is not None and pool.has_target)
+        config.out = str(run_dir)
+        if config.study_name is None:
+            config.study_name = default_study_name(run_dir, resume)
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with run_lock(run_dir):
+                return _search(config, data, evaluator, run_dir, progress, start, resume, pool)
+        except Exception:
+            if created:
+                _remove_unused(run_dir)
+            raise
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _connect_workers(config: SearchConfig) -> Any:
+    """The Ray worker pool of ``--workers`` / ``--ray-address`` (``None``: children in-process)."""
+    if config.workers is None and config.ray_address is None:
+        return None
+    from search.experiment.workers import RayPool
+
+    return RayPool.connect(config.workers, config.ray_address, config.gpus_per_child, config.device)
 
 
 def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path,
-            progress: bool, start: float, resume: bool) -> SearchResult:
+            progress: bool, start: float, resume: bool, pool: Any = None) -> SearchResult:
     strategy = create_strategy(config.strategy, StrategyConfig(
         space=SearchSpace(config.blocks), seed=config.seed, run_dir=run_dir,
         rl_batch=config.rl_batch, study_name=config.study_name, storage=config.storage,
@@ -535,9 +564,18 @@ def _search(config: SearchConfig, data: Any, evaluator: Evaluator, run_dir: Path
     if setup_s:
         ctx.settings["setup_time_s"] = round(setup_s, 1)
     try:
-        result = run_loop(strategy, evaluator, run_dir, max_trials=config.max_trials,
-                          time_budget_s=config.time_budget_s, progress=progress,
-                          setup_time_s=setup_s)
+        if pool is None:
+            result = run_loop(strategy, evaluator, run_dir, max_trials=config.max_trials,
+                              time_budget_s=config.time_budget_s, progress=progress,
+                              setup_time_s=setup_s)
+        else:
+            from search.experiment.parallel import run_parallel_loop
+
+            pool.share(evaluator.accuracy_fn, _settings(config, data)[1],
+                       measured=not hasattr(evaluator.cost_fn, "predictor"))
+            result = run_parallel_loop(strategy, evaluator, run_dir, pool, max_trials=config.max_trials,
+                                       time_budget_s=config.time_budget_s, progress=progress,
+                                       setup_time_s=setup_s)
     except KeyboardInterrupt:
         write_report(run_dir, read_history(run_dir / HISTORY_NAME), ctx)
         raise
@@ -631,13 +669,23 @@ def load_config(run_dir: str | Path) -> SearchConfig:
 
 
 def resume_search(run_dir: str | Path, *, trials: int | None = None,
-                  time_budget: str | None = None, progress: bool = True) -> SearchResult:
-    """Continue the run in ``run_dir``; ``trials``/``time_budget`` may extend it."""
+                  time_budget: str | None = None, progress: bool = True,
+                  workers: dict[str, Any] | None = None) -> SearchResult:
+    """Continue the run in ``run_dir``; ``trials``/``time_budget`` may extend it.
+
+    ``workers`` (``workers``, ``ray_address``, ``gpus_per_child``), when given, replaces how the
+    run evaluated its children (e.g. a cluster that moved, or ``{}``: none given on resume keeps
+    the run's own settings).
+    """
     config = load_config(run_dir)
     if trials is not None:
         config.trials = trials
     if time_budget is not None:
         config.time_budget = time_budget
+    if workers:
+        config.workers = workers.get("workers")
+        config.ray_address = workers.get("ray_address")
+        config.gpus_per_child = workers.get("gpus_per_child")
     return run_search(config, progress=progress, resume=True)
 
 

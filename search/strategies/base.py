@@ -38,7 +38,9 @@ class Outcome:
     """What a strategy learns about a proposal (and what an Optuna study records of it).
 
     ``status`` is ``ok``, ``failed`` or ``diverged``; ``genotype_key`` is the canonical
-    genotype JSON; ``duplicate_of`` the trial whose result was reused, if any.
+    genotype JSON; ``duplicate_of`` the trial whose result was reused, if any; ``trial`` the
+    number the loop recorded it under (with parallel workers results arrive in completion
+    order, so it need not be the order of the proposals).
     """
 
     accuracy: float
@@ -51,13 +53,14 @@ class Outcome:
     genotype_key: str | None = None
     error: str | None = None
     duplicate_of: int | None = None
+    trial: int | None = None
 
     @classmethod
     def from_record(cls, record: TrialRecord) -> Outcome:
         return cls(record.accuracy, record.latency_ms, record.reward, record.feasible,
                    record.status, macs=record.macs, params=record.params,
                    genotype_key=record.genotype_key, error=record.error,
-                   duplicate_of=record.duplicate_of)
+                   duplicate_of=record.duplicate_of, trial=record.trial)
 
 
 @dataclass
@@ -129,6 +132,15 @@ class Strategy(ABC):
 
         Called once, before the first :meth:`propose`, also for a new run (no records).
         """
+
+    def capacity(self, outstanding: int) -> int | None:
+        """How many more proposals may be out while ``outstanding`` ones await their outcome.
+
+        The parallel loop (:mod:`search.experiment.parallel`) asks before each
+        :meth:`propose`; ``None`` (the default) means as many as there are free workers.
+        The single-process loop never asks: it has one proposal out at a time.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (storage connections)."""

@@ -248,7 +248,7 @@ class OptunaStrategy(Strategy):
         """Record the outcome on the trial as user attributes, then finish it."""
         values = self._values(outcome)
         attrs: dict[str, Any] = {
-            "accuracy": outcome.accuracy, "latency_ms": outcome.latency_ms,
+            _LOOP_TRIAL: loop_trial, "accuracy": outcome.accuracy, "latency_ms": outcome.latency_ms,
             "macs": outcome.macs, "params": outcome.params, "reward": outcome.reward,
             "feasible": outcome.feasible, "status": outcome.status, "genotype": key}
         if outcome.error is not None:
@@ -268,11 +268,16 @@ class OptunaStrategy(Strategy):
 
     def observe(self, proposal: Proposal, outcome: Outcome) -> None:
         key = outcome.genotype_key or proposal.genotype.key()
-        self._tell(proposal.info["trial"], outcome, proposal.info["loop_trial"], key)
+        loop_trial = proposal.info["loop_trial"] if outcome.trial is None else outcome.trial
+        self._tell(proposal.info["trial"], outcome, loop_trial, key)
 
     def resume(self, records: Sequence[TrialRecord]) -> None:
         """Tell trials that were recorded but not told; fail the ones never finished.
 
+        A trial asked but never told (the search was killed) is matched to a recorded but
+        untold trial of the same genotype: with parallel workers several children are out
+        at once and are recorded in completion order, so the number given at ask time
+        (``loop_trial``, set again to the recorded number when told) does not name the record.
         The sampler is re-seeded with ``seed + trials already in the study`` so a resumed
         run does not replay the random proposals of its start.
         """
@@ -281,20 +286,31 @@ class OptunaStrategy(Strategy):
             if self._values(Outcome.from_record(record)) is None:
                 self.failed.setdefault(record.genotype_key, record.trial)
         existing = self.study.get_trials(deepcopy=False)
-        for frozen in existing:
-            if frozen.state != TrialState.RUNNING:
-                continue
+
+        def ours(frozen: FrozenTrial) -> bool:
             # a study of our own (study.db) predates the run tag; in a shared one, an untagged
-            # trial was just asked by another search
-            owner = frozen.user_attrs.get(_RUN, None if self.config.storage else self.run_tag)
-            if owner != self.run_tag:
-                continue  # another search sharing the study is working on it
-            index = frozen.user_attrs.get(_LOOP_TRIAL)
-            if index is not None and index < len(records):
-                record = records[index]
+            # trial was just asked by another search (which is working on it)
+            return frozen.user_attrs.get(_RUN, None if self.config.storage else self.run_tag) == self.run_tag
+
+        told = {t.user_attrs.get(_LOOP_TRIAL) for t in existing
+                if t.state != TrialState.RUNNING and ours(t) and "status" in t.user_attrs}
+        untold: dict[str, list[TrialRecord]] = {}
+        for record in records:
+            if record.trial not in told:
+                untold.setdefault(record.genotype_key, []).append(record)
+        for frozen in existing:
+            if frozen.state != TrialState.RUNNING or not ours(frozen):
+                continue
+            try:
+                key = self.space.from_values(frozen.params).key()
+            except Exception:  # noqa: BLE001 - asked, killed before all its parameters were suggested
+                key = None
+            matches = untold.get(key or "", [])
+            if matches:
+                record = matches.pop(0)
                 # a Trial handle on the stored trial, to set its attributes before tell
                 trial = Trial(self.study, frozen._trial_id)
-                self._tell(trial, Outcome.from_record(record), index, record.genotype_key)
+                self._tell(trial, Outcome.from_record(record), record.trial, record.genotype_key)
             else:
                 self.study.tell(frozen.number, state=TrialState.FAIL)
         if existing:

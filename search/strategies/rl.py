@@ -275,6 +275,12 @@ class RLStrategy(Strategy):
             self.pending = self._sample_batch()
         return self.pending.pop(0)
 
+    def capacity(self, outstanding: int) -> int:
+        """The rest of the current batch: PPO learns from whole batches of ``rl_batch``
+        children, so with parallel workers a batch is proposed, evaluated and observed
+        before the next one is sampled from the updated controller."""
+        return self.config.rl_batch - len(self.buffer) - outstanding
+
     def observe(self, proposal: Proposal, outcome: Outcome) -> None:
         reward = outcome.reward if math.isfinite(outcome.reward) else 0.0
         self.buffer.append((proposal, reward))
@@ -373,8 +379,7 @@ class RLStrategy(Strategy):
         genotype = record.to_genotype()
         if not self.pending and not self.buffer:
             self.pending = self._sample_batch()
-        if self.pending and self.pending[0].genotype == genotype:
-            proposal = self.pending.pop(0)
-        else:
-            proposal = self._score(genotype)
+        # parallel workers record a batch in completion order: match any child of it
+        match = next((i for i, p in enumerate(self.pending) if p.genotype == genotype), None)
+        proposal = self.pending.pop(match) if match is not None else self._score(genotype)
         self.observe(proposal, Outcome.from_record(record))
