@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("python -m serve.bench", __doc__.strip())
     parser.add_argument("model", type=Path, nargs="?",
                         help="model.onnx or model.engine, a folder holding model.onnx, or a search run "
-                             "directory (its selected trial's exported model); not with --panel")
+                             "directory (its selected trial's exported model); bundled: the CIFAR-10 model "
+                             "shipped with nasdeploy; not with --panel")
     parser.add_argument("--panel", type=Path, metavar="DIR",
                         help="time every model of a latency panel (python -m search.latency panel) at "
                              f"batch 1: --warmup runs, then {PANEL_REPEATS} timed runs (or --iters) within "

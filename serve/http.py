@@ -433,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("python -m serve.http", __doc__.strip())
     parser.add_argument("model", type=Path,
                         help="model.onnx or model.engine, a folder holding model.onnx, or a search run "
-                             "directory (its selected trial's exported model)")
+                             "directory (its selected trial's exported model); bundled: the CIFAR-10 model "
+                             "shipped with nasdeploy")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 0.0.0.0 for every interface")
     parser.add_argument("--port", type=port_number, default=8000,

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("python -m serve.predict", __doc__.strip())
     parser.add_argument("model", type=Path,
                         help="model.onnx or model.engine, a folder holding model.onnx, or a search run "
-                             "directory (its selected trial's exported model)")
+                             "directory (its selected trial's exported model); bundled: the CIFAR-10 model "
+                             "shipped with nasdeploy")
     parser.add_argument("images", type=Path, nargs="+", help="image files (JPEG, PNG, WebP, ...)")
     parser.add_argument("--top-k", type=cli.positive_int, default=5, metavar="K",
                         help="classes listed per image")

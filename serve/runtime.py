@@ -23,6 +23,7 @@ from search.core.rundir import ENGINE_SUFFIXES, ONNX_SUFFIX
 from search.runtime.sessions import DEVICES
 from search.space.card import ModelCard
 from search.trials.runinfo import exported_model
+from serve.bundled import resolve_model_arg
 from serve.errors import ModelOutputError, ServeError
 from serve.preprocess import preprocess, top_k
 
@@ -180,8 +181,9 @@ def load_runtime(path: str | Path, backend: str = "auto", device: str = "auto") 
 
     Args:
         path: ``model.onnx`` (onnxruntime) or ``model.engine`` (tensorrt); a folder
-            holding ``model.onnx``, or a search run directory (see
-            :func:`search.trials.runinfo.exported_model`).
+            holding ``model.onnx``, a search run directory (see
+            :func:`search.trials.runinfo.exported_model`), or ``bundled``: the CIFAR-10
+            model shipped with the package (:mod:`serve.bundled`).
         backend: A name from :data:`BACKENDS` or ``"auto"``.
         device: ``"auto"`` (best available), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``
             (:data:`search.runtime.sessions.DEVICES`, the same names the search uses).
@@ -190,7 +192,10 @@ def load_runtime(path: str | Path, backend: str = "auto", device: str = "auto") 
         ServeError: Missing file, unknown backend or device, backend not usable here,
             or a file without nasdeploy metadata; the message is one line.
     """
-    path = Path(path)
+    try:
+        path = resolve_model_arg(path)
+    except NasdeployError as exc:
+        raise ServeError(str(exc)) from None
     if path.is_dir():  # a folder with model.onnx, or a search run: its selected trial's export
         try:
             path = exported_model(path)
