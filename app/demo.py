@@ -1,4 +1,5 @@
-"""nasdeploy demo: ``streamlit run app/demo.py`` (models under ``runs/`` or ``$NASDEPLOY_RUNS``)."""
+"""nasdeploy demo: ``streamlit run app/demo.py`` (models under ``runs/`` or ``$NASDEPLOY_RUNS``, and
+the bundled CIFAR-10 model, which it opens on when that folder holds none)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ if ROOT not in sys.path:  # `streamlit run` puts app/ on the path, not the repos
     sys.path.insert(0, ROOT)
 
 from app.explorer_view import explorer_tab  # noqa: E402
-from app.views import classify_tab, load_choice, model_card_tab, model_line, sidebar  # noqa: E402
+from app.views import bundled_note, classify_tab, load_choice, model_card_tab, model_line, sidebar  # noqa: E402
 
 
 def main() -> None:
@@ -21,10 +22,11 @@ def main() -> None:
     st.title(":material/hub: nasdeploy demo")
     choice = sidebar()
     runtime = load_choice(choice)
-    st.caption(model_line(runtime))
+    st.caption(model_line(runtime, choice.bundled))
+    bundled_note(runtime, choice)
     classify, card, explore = st.tabs(["Classify", "Model card", "Search explorer"])
     with classify:
-        classify_tab(runtime)
+        classify_tab(runtime, choice)
     with card:
         model_card_tab(runtime, choice)
     with explore:

@@ -1,7 +1,8 @@
 """Finding model files and run directories, and loading them once per process.
 
 Model files are the ``*.onnx`` / ``*.engine`` files under the runs folder (``runs/``, or
-``$NASDEPLOY_RUNS``). Runtimes are cached with ``st.cache_resource`` keyed on the file's
+``$NASDEPLOY_RUNS``), and the CIFAR-10 model shipped with the package (:mod:`serve.bundled`).
+Runtimes are cached with ``st.cache_resource`` keyed on the file's
 path, modification time and backend, so re-exporting a model reloads it.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from search.core.errors import NasdeployError
 from search.core.rundir import ENGINE_SUFFIX, HISTORY_NAME, ONNX_SUFFIX
 from search.runtime.timing import Measurement, measure
 from serve.runtime import BACKENDS, Runtime, available_backends, load_runtime
@@ -81,6 +83,32 @@ def _mtime(path: Path) -> float:
 def discover_runs(root: str | Path) -> list[Path]:
     """Search run directories (those holding ``trials.jsonl``) under ``root``, by name."""
     return sorted({p.parent for p in islice(_walk(Path(root)), MAX_FILES) if p.name == HISTORY_NAME})
+
+
+def bundled_model() -> Path | None:
+    """The bundled CIFAR-10 model's file (its fastest precision), or ``None`` when this install lacks it."""
+    from search.trials.runinfo import exported_model
+    from serve.bundled import BUNDLED_DIR
+
+    try:
+        return exported_model(BUNDLED_DIR)
+    except NasdeployError:
+        return None
+
+
+def bundled_card() -> str | None:
+    """The bundled model's ``MODEL.md`` (what it is, how it was trained), or ``None``."""
+    from serve.bundled import BUNDLED_CARD, BUNDLED_DIR
+
+    try:
+        return (BUNDLED_DIR / BUNDLED_CARD).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def cifar_samples() -> list[str]:
+    """Names of the bundled CIFAR-10 test photos (``cifar-<class>.png``), one per class."""
+    return [name for name in sample_images() if name.startswith("cifar-")]
 
 
 def backends_for(path: str | Path) -> list[str]:

@@ -25,6 +25,12 @@ from serve.runtime import Prediction, Runtime, available_backends, classify
 
 TOP_K = 5
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
+BUNDLED_LABEL = "bundled CIFAR-10 model"
+YOUR_RUNS = (
+    "To see your own models: search, train and export one (README, *From search to demo*), then "
+    "point **Runs folder** in the sidebar at the folder holding it (default `runs/`, or `$NASDEPLOY_RUNS`); "
+    "its models are listed above this one."
+)
 NO_MODEL = (
     "No model selected. Export one with `python -m export.onnx RUN_DIR` (it writes "
     "`RUN_DIR/model.onnx`), point **Runs folder** at its parent, or type a model path in the sidebar."
@@ -38,6 +44,7 @@ class ModelChoice:
     root: str
     path: Path | None
     backend: str | None
+    bundled: bool = False
 
 
 @contextmanager
@@ -73,16 +80,21 @@ def sidebar() -> ModelChoice:
         help=f"Searched for *.onnx / *.engine; default ${models.RUNS_ENV} or runs/",
     )
     found = models.discover_models(root)
+    bundled = models.bundled_model()
+    options = found + ([bundled] if bundled is not None else [])
     picked = None
-    if found:
-        runnable = [i for i, p in enumerate(found) if models.backends_for(p)]
+    if options:
+        runnable = [i for i, p in enumerate(options) if models.backends_for(p)]
         picked = bar.selectbox(
-            "Model file", found, index=runnable[0] if runnable else 0,
-            format_func=lambda p: relative_label(p, root),
+            "Model file", options, index=runnable[0] if runnable else 0,
+            format_func=lambda p: BUNDLED_LABEL if p == bundled else relative_label(p, root),
         )
-    else:
-        bar.caption(f"No `.onnx` / `.engine` files under `{root}`.")
-    typed = bar.text_input("…or a model path", placeholder="runs/exp1/model.onnx").strip()
+    if not found:
+        showing = "; showing the bundled CIFAR-10 model" if bundled is not None else ""
+        bar.caption(f"No `.onnx` / `.engine` files under `{root}`{showing}.")
+    typed = bar.text_input("…or a model path", placeholder="runs/exp1/model.onnx, or bundled").strip()
+    if typed == "bundled" and bundled is not None:
+        picked, typed = bundled, ""
     path = Path(typed).expanduser() if typed else picked
     backends = models.backends_for(path) if path else available_backends()
     backend = bar.selectbox("Backend", backends) if backends else None
@@ -91,7 +103,7 @@ def sidebar() -> ModelChoice:
         engine = path.suffix == ".engine"
         hint = " (TensorRT engines need an NVIDIA GPU; pick the `.onnx` file)" if engine else ""
         bar.warning(f"No backend on this machine runs `{path.suffix}` files{hint}.")
-    return ModelChoice(root, path, backend)
+    return ModelChoice(root, path, backend, bundled=path is not None and path == bundled)
 
 
 def load_choice(choice: ModelChoice) -> Runtime | None:
@@ -103,34 +115,53 @@ def load_choice(choice: ModelChoice) -> Runtime | None:
     return None
 
 
-def model_line(runtime: Runtime | None) -> str:
+def model_line(runtime: Runtime | None, bundled: bool = False) -> str:
     """One line under the title: what runs, where."""
     if runtime is None:
         return "A NASNet-style cell searched under a latency budget. Pick a model in the sidebar."
     info = runtime.info
     provider = runtime.describe().get("provider", runtime.backend)
+    where = f"the {BUNDLED_LABEL} `{runtime.path.name}`" if bundled else \
+        f"`{runtime.path.parent.name}/{runtime.path.name}`"
     return (
         f"Searched NASNet-style cell **{info.scale or '?'}** at {info.image_size} px · "
-        f"`{runtime.path.parent.name}/{runtime.path.name}` on **{runtime.backend}** ({provider})"
+        f"{where} on **{runtime.backend}** ({provider})"
     )
 
 
-def _inputs() -> list[tuple[str, bytes]]:
-    """Uploaded files and picked samples as ``(name, bytes)``."""
+def bundled_note(runtime: Runtime | None, choice: ModelChoice) -> None:
+    """On the bundled model: say what it is and how to switch to one's own runs."""
+    if runtime is None or not choice.bundled:
+        return
+    info = runtime.info
+    accuracy = "" if info.accuracy is None else f", {info.accuracy:.1%} accurate on the CIFAR-10 test set"
+    st.info(
+        f"You are looking at the **{BUNDLED_LABEL}** that ships with nasdeploy: a searched NASNet-style cell "
+        f"stacked at {info.scale} for {info.image_size} px images{accuracy}. Its ten sample photos (CIFAR-10 "
+        f"test images it never trained on) are classified below, on this machine. {YOUR_RUNS}",
+        icon=":material/inventory_2:",
+    )
+
+
+def _inputs(preselect: list[str] | None = None) -> list[tuple[str, bytes]]:
+    """Uploaded files and picked samples (``preselect`` picked at first) as ``(name, bytes)``."""
     uploads = st.file_uploader(
         "Upload images (JPEG, PNG or WebP; any size, colour or grayscale)",
         type=UPLOAD_TYPES,
         accept_multiple_files=True,
     )
     samples = models.sample_images()
-    picked = st.pills("…or try bundled samples", list(samples), selection_mode="multi") or []
+    picked = st.pills("…or try bundled samples", list(samples), selection_mode="multi",
+                      default=[name for name in preselect or [] if name in samples]) or []
     items = [(f.name, f.getvalue()) for f in uploads or []]
     return items + [(name, path.read_bytes()) for name, path in samples.items() if name in picked]
 
 
-def classify_tab(runtime: Runtime | None) -> None:
-    """Upload or pick images and show the top-5 classes and latency of each."""
-    items = _inputs()
+def classify_tab(runtime: Runtime | None, choice: ModelChoice | None = None) -> None:
+    """Upload or pick images and show the top-5 classes and latency of each (on the bundled
+    model, its ten CIFAR-10 photos are picked at first)."""
+    items = _inputs(models.cifar_samples() if runtime is not None and choice is not None and choice.bundled
+                    else None)
     if runtime is None:
         st.info(NO_MODEL, icon=":material/info:")
         return
@@ -192,6 +223,10 @@ def _model_card(runtime: Runtime, choice: ModelChoice) -> None:
                    help="from the model's training/export metadata")
     st.caption(_facts(info, runtime))
     show_cells(info.genotype.to_dict() if info.genotype else None)
+    card = models.bundled_card() if choice.bundled else None
+    if card:
+        with st.expander("About the bundled model"):
+            st.markdown(card)
     with st.expander("Runtime details"):
         st.json(runtime.describe())
 

@@ -1,12 +1,17 @@
 """Regenerate the bundled sample images (run once; the outputs are committed).
 
-``python app/samples/make_samples.py`` writes small JPEG/PNG files next to this script
-from the two photos and the 8x8 digits that ship inside scikit-learn (see SOURCE.md) and
-one image drawn here. Nothing is downloaded.
+``python app/samples/make_samples.py [--cifar PATH]`` writes small JPEG/PNG files next to
+this script from the two photos and the 8x8 digits that ship inside scikit-learn (see
+SOURCE.md), one image drawn here, and one photo of each CIFAR-10 class: the first image of
+that class in the CIFAR-10 test split, upscaled to 128x128 (read from the local copy,
+default ``../shared/data/cifar10/cifar10.npz``; skipped with a note when it is absent).
+Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,8 @@ from sklearn.datasets import load_digits, load_sample_images
 
 HERE = Path(__file__).resolve().parent
 SIDE = 160
+CIFAR = HERE.parents[2] / "shared" / "data" / "cifar10" / "cifar10.npz"
+CIFAR_SIDE = 128
 
 
 def _thumb(pixels: np.ndarray, box: tuple[int, int, int, int] | None = None) -> Image.Image:
@@ -51,7 +58,26 @@ def _digit(label: int) -> Image.Image:
     return Image.fromarray(pixels).resize((64, 64), Image.Resampling.NEAREST)
 
 
-def main() -> None:
+def cifar_samples(npz: Path) -> dict[str, Image.Image]:
+    """``cifar-<class>.png`` -> the first test image of each class, 32x32 upscaled (Lanczos) to 128x128.
+
+    The first of each class, not a chosen one: the demo shows what the model does on test
+    images it has never seen, hits and misses alike.
+    """
+    data = np.load(npz)
+    images, labels, classes = data["x_test"], data["y_test"], [str(c) for c in data["classes"]]
+    out = {}
+    for label, name in enumerate(classes):
+        index = int(np.flatnonzero(labels == label)[0])
+        image = Image.fromarray(images[index]).resize((CIFAR_SIDE, CIFAR_SIDE), Image.Resampling.LANCZOS)
+        out[f"cifar-{name}.png"] = image
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cifar", type=Path, default=CIFAR, help="CIFAR-10 .npz (x_test, y_test, classes)")
+    args = parser.parse_args(argv)
     china, flower = load_sample_images().images
     _thumb(china).save(HERE / "temple.jpg", quality=88)
     _thumb(flower).save(HERE / "flower.jpg", quality=88)
@@ -59,6 +85,11 @@ def main() -> None:
     _drawn_boat().save(HERE / "boat-rgba.png")
     for label in (3, 7):
         _digit(label).save(HERE / f"digit-{label}.png")
+    if args.cifar.is_file():
+        for name, image in cifar_samples(args.cifar).items():
+            image.save(HERE / name, optimize=True)
+    else:
+        print(f"{args.cifar} not found: CIFAR-10 samples left as they are", file=sys.stderr)
 
 
 if __name__ == "__main__":
