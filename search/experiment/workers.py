@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -115,6 +116,39 @@ def check_gpus(value: float | None) -> None:
                              f"share a GPU) or a whole number, got {value:g}"[:160])
 
 
+_PROBE = """import sys
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
+try:
+    GcsClient(address=sys.argv[1])
+except AuthenticationError:
+    pass  # a Ray head that wants its token: ray.init says so in one line
+"""
+"""Asks the Ray head's GCS for its cluster id: fails fast on a port that is not a Ray head."""
+
+
+def _probe(address: str, target: tuple[str, int]) -> None:
+    """One line within :data:`CONNECT_TIMEOUT_S` (plus a Python start) unless a Ray head
+    answers at ``target``; ``ray.init`` itself would retry for about 20 s, logging each try."""
+    def refuse(reason: str) -> NasdeployError:
+        return NasdeployError(f"--ray-address {address}: no Ray head answers there ({reason}); start one "
+                              "with `ray start --head` or check the address")
+
+    try:
+        socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise refuse(exc.strerror or type(exc).__name__) from None
+    host = f"[{target[0]}]" if ":" in target[0] else target[0]
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, f"{host}:{target[1]}"], capture_output=True,
+                               text=True, timeout=CONNECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise refuse(f"no answer from its GCS within {CONNECT_TIMEOUT_S:g} s") from None
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise refuse(last[:200])
+
+
 class RayPool:
     """Ray tasks for children; build with :meth:`connect`, release with :meth:`close`."""
 
@@ -150,24 +184,21 @@ class RayPool:
         if workers is not None and workers < 1:
             raise NasdeployError(f"--workers must be at least 1, got {workers}")
         target = parse_address(address) if address is not None else None
-        if target is not None:
-            try:
-                socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
-            except OSError as exc:
-                reason = exc.strerror or type(exc).__name__
-                raise NasdeployError(f"--ray-address {address}: no Ray head answers there ({reason}); start "
-                                     "one with `ray start --head` or check the address") from None
         try:
             import ray
         except ImportError:
             raise NasdeployError("--workers and --ray-address need Ray: pip install "
                                  "'nasdeploy[distributed]'") from None
+        if target is not None:
+            _probe(address or "", target)
         import logging
 
+        if address is None or (target is not None and target[0] in ("127.0.0.1", "localhost", "::1")):
+            # the run's own instance serves only this search, and a head on the loopback is
+            # reached from it: keep Ray on 127.0.0.1 (on Linux it takes the host's address)
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             if address is None:
-                # the run's own instance serves only this search: keep it on the loopback
-                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING, configure_logging=True)
             else:
