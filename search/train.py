@@ -1,4 +1,4 @@
-"""Final training of a genotype: ``python -m search.train RUN_DIR|GENOTYPE.json|NAME``.
+"""Final training: ``python -m search.train RUN_DIR|GENOTYPE.json|NAME`` or ``--model BASELINE``.
 
 Given a search run (its directory or its ``genotype.json``), trains the selected genotype
 (or ``--trial N``) at the run's target variant and image size on the run's dataset, with
@@ -6,6 +6,10 @@ no flag repeated; any flag given overrides what the run recorded. The resolved s
 are printed before training starts. Output lands in ``<run>/train-trialN/`` (N: the trial
 trained), or ``runs/train-<name>-<time>/`` for a file or built-in genotype.
 ``--resume DIR`` continues an interrupted training in DIR.
+
+``--model NAME [--width-mult X]`` trains a hand-designed baseline instead (LeNet-5 to
+MobileNetV3; list: ``--help``) with the same data, schedule and checkpoint, so it exports,
+serves and shows in the app like a searched cell; output in ``runs/train-<name>-<time>/``.
 """
 
 from __future__ import annotations
@@ -27,9 +31,16 @@ DEFAULT_DATASET = "cifar10"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m search.train`` argument parser."""
-    p = cli.parser("python -m search.train", __doc__.split("\n\n", 1)[1].strip())
+    from search.space.baselines import catalogue_text
+
+    p = cli.parser("python -m search.train", __doc__.split("\n\n", 1)[1].strip() +
+                   "\n\nbaselines (--model NAME):\n" + catalogue_text())
     p.add_argument("source", nargs="?", help="search run directory, its genotype.json, another genotype "
                                              "JSON, or a built-in name (nasnet-a, lite)")
+    p.add_argument("--model", metavar="NAME", help="train a hand-designed baseline instead of a genotype "
+                                                   "(names below)")
+    p.add_argument("--width-mult", type=float, metavar="X",
+                   help="width multiplier of --model, where the family has one (e.g. 0.5)")
     p.add_argument("--trial", type=cli.non_negative_int, metavar="N",
                    help="train trial N of the run instead of its selected genotype")
     p.add_argument("--variant", metavar="V", help=f"cifar, mobile, large or N@F (default: the run's target "
@@ -93,7 +104,27 @@ def settings_from_args(args: argparse.Namespace, target: RunTarget | None) -> Fi
         val_fraction=args.val_fraction)
 
 
+def baseline_settings(args: argparse.Namespace) -> FinalTrainSettings:
+    """The settings of ``--model NAME``: the dataset's defaults, no run to read."""
+    from search.space.baselines import check_width, get_baseline
+
+    entry = get_baseline(args.model)
+    width = check_width(entry, args.width_mult)
+    for flag, given in (("SOURCE", args.source), ("--trial", args.trial), ("--variant", args.variant),
+                        ("--resume", args.resume)):
+        if given is not None:
+            raise NasdeployError(f"{flag} does not go with --model (a baseline is a fixed network; "
+                                 "resume it with --resume DIR alone)")
+    settings = settings_from_args(args, RunTarget(source=entry.name, name=entry.name, genotype=None))
+    settings.architecture, settings.width_mult = entry.name, width
+    settings.auxiliary = False
+    settings.image_size = args.image_size or DEFAULT_IMAGE_SIZE.get(settings.dataset)
+    return settings
+
+
 def _target(args: argparse.Namespace) -> RunTarget | None:
+    if args.width_mult is not None:
+        raise NasdeployError("--width-mult goes with --model NAME (a genotype is scaled with --variant N@F)")
     if args.source is None:
         if args.resume is None:
             raise NasdeployError("name what to train: a search run directory, a genotype JSON or a built-in "
@@ -112,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if quiet else (
         lambda line: print(line, flush=True))
     try:
-        target = _target(args)
-        if target is not None and target.from_run:
-            log(f"genotype: {target.describe()}")
-        settings = settings_from_args(args, target)
+        if args.model is not None:
+            settings = baseline_settings(args)
+        else:
+            target = _target(args)
+            if target is not None and target.from_run:
+                log(f"genotype: {target.describe()}")
+            settings = settings_from_args(args, target)
         result = train_genotype(settings, progress=not args.no_progress, log=log)
     except USER_ERRORS as exc:
         return report_user_error(exc)

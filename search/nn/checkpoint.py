@@ -1,5 +1,8 @@
 """Training checkpoints: the weights plus the model card that rebuilds and feeds them.
 
+The card names a genotype and scale (a searched cell) or an ``architecture`` (a baseline);
+:func:`build_from_card` rebuilds either.
+
 The card (:class:`search.space.card.ModelCard`) is stored as the checkpoint's ``spec``;
 checkpoints written before the card existed hold its version-1 form and still load.
 """
@@ -21,9 +24,14 @@ CHECKPOINT_VERSION = 1
 
 
 def build_from_card(card: ModelCard) -> nn.Module:
-    """A freshly initialised network of ``card`` (training mode)."""
+    """A freshly initialised network of ``card`` (training mode): the baseline it names
+    (:mod:`search.nn.baselines`), else its genotype at its scale."""
     from search.nn.model import build_model
 
+    if card.architecture is not None:
+        from search.nn.baselines import build_baseline
+
+        return build_baseline(card.architecture, card.num_classes, card.image_size, card.width_mult)
     if card.genotype is None or not card.scale:
         raise NasdeployError("the model card names no genotype and scale to build a network from")
     return build_model(card.genotype, card.scale, num_classes=card.num_classes,
@@ -71,12 +79,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelCard,
     """Rebuild the model of a checkpoint in eval mode; return (model, card, raw dict)."""
     data = read_checkpoint(path)
     spec = ModelCard.from_dict(data.get("spec"), f"{path}: checkpoint spec")
-    if spec.genotype is None or not spec.scale:
+    if spec.architecture is None and (spec.genotype is None or not spec.scale):
         raise NasdeployError(f"{path}: checkpoint spec names no genotype and scale")
-    model = build_from_card(spec)
+    try:
+        model = build_from_card(spec)
+    except NasdeployError as exc:
+        raise NasdeployError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(data["state_dict"])
     except (RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:160]
-        raise NasdeployError(f"{path}: weights do not match the recorded genotype/scale ({first})") from None
+        raise NasdeployError(f"{path}: weights do not match the recorded network ({first})") from None
     return model.eval(), spec, data

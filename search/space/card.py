@@ -7,7 +7,8 @@ One :class:`ModelCard` travels with a model through every stage:
   (the string codec is :mod:`serve.metadata`);
 - a TensorRT engine's ``model.engine.json`` sidecar holds it under ``model_info``.
 
-The card names the network (genotype, N@F scale, auxiliary head), its input (image size,
+The card names the network (genotype, N@F scale, auxiliary head; or, for a hand-designed
+baseline, its ``architecture`` and ``width_mult``), its input (image size,
 resize, mean/std, layout, channel order), its outputs (class names) and where it came
 from (dataset, trained or random-init weights); the export adds precision, params, MACs
 and accuracy. Unknown keys are ignored, so newer files stay readable.
@@ -17,7 +18,9 @@ reader (checkpoint, ONNX metadata, sidecar) and each writer (training, export) h
 rules: mean and std are 3 finite numbers (std from :data:`STD_RANGE`, mean within
 :data:`MEAN_LIMIT`); image size and resize from 1 to :data:`MAX_IMAGE_SIZE`; 1 to
 :data:`MAX_CLASSES` classes, with as many class names as outputs; a known precision, layout
-and channel order; a scale :func:`~search.space.scale.parse_scale` reads. A card that breaks
+and channel order; a scale :func:`~search.space.scale.parse_scale` reads; an architecture
+name of lower-case letters, digits and ``_`` without a genotype or scale, and a width
+multiplier only with it, within :data:`~search.space.baselines.WIDTH_LIMITS`. A card that breaks
 one is a one-line :class:`CardError` naming the field.
 
 Format versions: 1 is the checkpoint ``spec`` and the ONNX/sidecar metadata written
@@ -36,6 +39,7 @@ from typing import Any
 
 from search.core.errors import NasdeployError
 from search.core.jsonio import JsonError, loads_json
+from search.space.baselines import NAME_PATTERN, WIDTH_LIMITS
 from search.space.genotype import Genotype, GenotypeError
 from search.space.scale import MAX_CLASSES, MAX_IMAGE_SIZE, parse_scale
 
@@ -60,13 +64,16 @@ FIELD_KINDS: dict[str, str] = {
     "macs": "int",
     "accuracy": "float",
     "weights": "str",
+    "architecture": "str",
+    "width_mult": "float",
 }
 """Every card field and the kind of value it holds (codecs encode by kind)."""
 
 REQUIRED = ("image_size", "mean", "std")
 """Fields a stored card must have (plus ``class_names`` or ``num_classes``)."""
 
-OPTIONAL = frozenset({"genotype", "dataset", "resize", "params", "macs", "accuracy", "weights"})
+OPTIONAL = frozenset({"genotype", "dataset", "resize", "params", "macs", "accuracy", "weights",
+                      "architecture", "width_mult"})
 """Fields that may be ``None`` (unknown)."""
 
 # MAX_IMAGE_SIZE (largest input side and resize, px) and MAX_CLASSES are search.space.scale's,
@@ -116,6 +123,9 @@ class ModelCard:
         macs: multiply-accumulates of one image (set by the export).
         accuracy: test accuracy recorded with the checkpoint (set by the export).
         weights: ``trained`` or ``random-init`` (set by the export).
+        architecture: the hand-designed network it is (:mod:`search.space.baselines`, e.g.
+            ``mobilenet_v2``); ``None`` for a searched cell (genotype and scale say what it is).
+        width_mult: that network's width multiplier (``None``: its default, 1.0).
     """
 
     image_size: int
@@ -135,6 +145,8 @@ class ModelCard:
     macs: int | None = None
     accuracy: float | None = None
     weights: str | None = None
+    architecture: str | None = None
+    width_mult: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -174,11 +186,32 @@ class ModelCard:
                 raise _bad(name, "a non-negative integer", getattr(self, name))
         if self.accuracy is not None and not 0.0 <= self.accuracy <= 1.0:
             raise _bad("accuracy", "a fraction from 0 to 1", self.accuracy)
+        self._check_architecture()
         if self.scale:
             try:
                 parse_scale(self.scale, self.image_size)
             except NasdeployError as exc:
                 raise CardError(f"model card field 'scale': {exc}") from None
+
+    def _check_architecture(self) -> None:
+        """A baseline's name is well-formed (names of newer versions still read), its width
+        within the catalogue's limits, and it has no genotype or scale."""
+        if self.architecture is not None:
+            if not NAME_PATTERN.match(self.architecture):
+                raise _bad("architecture", "a lower-case model name", self.architecture)
+            if self.genotype is not None or self.scale:
+                raise CardError("model card names both an architecture and a genotype/scale")
+        if self.width_mult is not None:
+            if self.architecture is None:
+                raise CardError("model card has a width_mult but no architecture")
+            low, high = WIDTH_LIMITS
+            if not low <= self.width_mult <= high:
+                raise _bad("width_mult", f"a number from {low:g} to {high:g}", self.width_mult)
+
+    @property
+    def is_baseline(self) -> bool:
+        """Whether the card names a hand-designed network rather than a searched cell."""
+        return self.architecture is not None
 
     @property
     def resize_to(self) -> int:

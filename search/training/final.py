@@ -1,8 +1,9 @@
-"""Final training of a genotype (the library behind ``python -m search.train``).
+"""Final training of a genotype or a baseline (the library behind ``python -m search.train``).
 
-Trains the scaled network on the full training split with :mod:`search.training.loop`,
-checkpoints atomically after every epoch (weights, optimizer and scheduler state,
-history) so ``--resume`` continues from the last finished epoch, writes
+Trains the scaled network of a genotype, or a hand-designed baseline
+(:mod:`search.nn.baselines`: ``architecture`` set, no genotype), on the full training split
+with :mod:`search.training.loop`, checkpoints atomically after every epoch (weights,
+optimizer and scheduler state, history) so ``--resume`` continues from the last finished epoch, writes
 ``train_log.jsonl`` and reports the accuracy on the held-out test split at the end.
 """
 
@@ -23,7 +24,7 @@ from search.core.atomic import atomic_write_text, unique_path
 from search.core.errors import NasdeployError
 from search.core.rundir import CHECKPOINT_NAME, TRAIN_LOG_NAME
 from search.data.datasets import DataBundle, load_dataset
-from search.nn.checkpoint import read_checkpoint, save_checkpoint
+from search.nn.checkpoint import build_from_card, read_checkpoint, save_checkpoint
 from search.nn.cost import count_params
 from search.nn.device import resolve_device
 from search.nn.model import build_model
@@ -46,7 +47,8 @@ from search.training.loop import (
 class FinalTrainSettings:
     """Everything one final-training run needs (what the CLI builds from its flags).
 
-    ``genotype`` may be ``None`` only with ``resume``: the checkpoint holds it.
+    ``genotype`` may be ``None`` with ``resume`` (the checkpoint holds it) or with an
+    ``architecture`` (a baseline; ``variant`` and ``auxiliary`` do not apply to it).
     """
 
     genotype: Genotype | None
@@ -61,6 +63,8 @@ class FinalTrainSettings:
     resume: bool = False
     train_size: int | None = None
     val_fraction: float = 0.0
+    architecture: str | None = None
+    width_mult: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,22 +115,32 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True,
     if state is not None:
         settings = _settings_from_checkpoint(settings, state)
     genotype = settings.genotype
-    if genotype is None:
+    baseline = settings.architecture is not None
+    if genotype is None and not baseline:
         raise NasdeployError("no genotype to train: name a run directory, genotype file or built-in")
     config = settings.train
+    if baseline:
+        _check_baseline(settings)  # name, width and the drop-path flag before loading data
     dist, device = distributed.setup(resolve_device(config.device))
     if not dist.main:
         log = _silent  # rank 0 speaks for the job
-    parse_scale(settings.variant, settings.image_size)  # N, F and the size in range before loading
+    if not baseline:
+        parse_scale(settings.variant, settings.image_size)  # N, F and the size in range before loading
     data = load_dataset(settings.dataset, settings.data_dir, image_size=settings.image_size,
                         val_fraction=settings.val_fraction, train_size=settings.train_size,
                         seed=config.seed)
-    scale = parse_scale(settings.variant, data.image_size)
-    check_size(scale, genotype, data.num_classes)  # before the network is allocated
-    spec = ModelCard(genotype=genotype, scale=scale.label, image_size=data.image_size,
-                     num_classes=data.num_classes, class_names=data.class_names,
-                     mean=data.mean, std=data.std, auxiliary=settings.auxiliary,
-                     dataset=data.name)
+    scale = None
+    if baseline:
+        spec = ModelCard(architecture=settings.architecture, width_mult=settings.width_mult,
+                         image_size=data.image_size, num_classes=data.num_classes,
+                         class_names=data.class_names, mean=data.mean, std=data.std, dataset=data.name)
+    else:
+        scale = parse_scale(settings.variant, data.image_size)
+        check_size(scale, genotype, data.num_classes)  # before the network is allocated
+        spec = ModelCard(genotype=genotype, scale=scale.label, image_size=data.image_size,
+                         num_classes=data.num_classes, class_names=data.class_names,
+                         mean=data.mean, std=data.std, auxiliary=settings.auxiliary,
+                         dataset=data.name)
     created = not out_dir.exists()
     distributed.barrier(dist)  # every rank has checked the directory before rank 0 creates it
     if dist.main:
@@ -138,12 +152,27 @@ def train_genotype(settings: FinalTrainSettings, *, progress: bool = True,
         if created and dist.main:
             _remove_unused(out_dir)
         if _out_of_memory(exc):
-            raise NasdeployError(f"out of memory training {scale.label} at {data.image_size} px with batch "
+            what = settings.architecture if scale is None else scale.label
+            raise NasdeployError(f"out of memory training {what} at {data.image_size} px with batch "
                                  f"{config.batch_size} on {device}: lower --batch, --image-size or the "
                                  "variant") from None
         raise
     finally:
         distributed.teardown(dist)
+
+
+def _check_baseline(settings: FinalTrainSettings) -> None:
+    """A baseline's name, width multiplier and image size are valid; drop-path does not apply."""
+    from search.space.baselines import check_width, get_baseline
+
+    entry = get_baseline(str(settings.architecture))
+    settings.architecture = entry.name
+    check_width(entry, settings.width_mult)
+    if settings.image_size is not None and settings.image_size < entry.min_size:
+        raise NasdeployError(f"{entry.name} needs inputs of at least {entry.min_size} px, got "
+                             f"{settings.image_size}")
+    if settings.train.drop_path_prob > 0:
+        raise NasdeployError("--drop-path drops the paths of NASNet cells; a baseline has none")
 
 
 def _silent(*_: Any) -> None:
@@ -165,15 +194,18 @@ def _remove_unused(out_dir: Path) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _train(settings: FinalTrainSettings, genotype: Genotype, data: DataBundle, scale: Any,
+def _train(settings: FinalTrainSettings, genotype: Genotype | None, data: DataBundle, scale: Any,
            spec: ModelCard, state: dict[str, Any] | None, device: torch.device, out_dir: Path,
            progress: bool, log: Any, dist: distributed.Dist | None = None) -> FinalTrainResult:
     config = settings.train
     ckpt_path = out_dir / CHECKPOINT_NAME
     torch.manual_seed(config.seed)
-    model = build_model(genotype, scale, num_classes=data.num_classes,
-                        image_size=data.image_size, auxiliary=settings.auxiliary,
-                        drop_path_prob=config.drop_path_prob).to(device)
+    if genotype is None:
+        model = build_from_card(spec).to(device)
+    else:
+        model = build_model(genotype, scale, num_classes=data.num_classes,
+                            image_size=data.image_size, auxiliary=settings.auxiliary,
+                            drop_path_prob=config.drop_path_prob).to(device)
     dist = dist or distributed.Dist()
     resumed_at = len(state["training"]["history"]) if state is not None else 0
     log(_resolved_line(settings, data, scale, model, device, out_dir, resumed_at, dist))
@@ -216,7 +248,13 @@ def _resolved_line(settings: FinalTrainSettings, data: DataBundle, scale: Any, m
     if dist is not None and dist.enabled:
         start += (f"; {dist.world} processes (torchrun), batch {config.batch_size} each, "
                   f"{config.batch_size * dist.world} in all")
-    return (f"training {settings.name}: {scale_summary(scale, settings.genotype)}; "
+    if settings.architecture is not None:
+        from search.space.baselines import describe
+
+        what = f"baseline {describe(settings.architecture, settings.width_mult)} at {data.image_size} px"
+    else:
+        what = scale_summary(scale, settings.genotype)
+    return (f"training {settings.name}: {what}; "
             f"{count_params(model) / 1e6:.3f} M params\n"
             f"data {data.name}: {data.num_classes} classes, {len(data.train)} training images at "
             f"{data.image_size} px; {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, "
@@ -242,8 +280,13 @@ def _settings_from_checkpoint(settings: FinalTrainSettings, state: dict[str, Any
     saved = dict(state.get("training", {}).get("settings") or {})
     if not saved:
         raise NasdeployError(f"{settings.out}: checkpoint has no training state to resume")
-    trained = Genotype.from_dict(state["spec"]["genotype"])
-    if settings.genotype is not None and settings.genotype.to_json() != trained.to_json():
+    spec = state["spec"]
+    architecture = spec.get("architecture") if isinstance(spec, dict) else None
+    trained = None if architecture else Genotype.from_dict(spec["genotype"])
+    if settings.architecture is not None and settings.architecture != architecture:
+        raise NasdeployError(f"{settings.out} was not trained as {settings.architecture}")
+    if settings.genotype is not None and (trained is None
+                                          or settings.genotype.to_json() != trained.to_json()):
         raise NasdeployError(f"{settings.out} was trained on a different genotype than {settings.name}")
     saved.pop("genotype", None)
     saved.setdefault("name", Path(str(settings.out)).name)
