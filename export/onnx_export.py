@@ -210,10 +210,12 @@ def _random_model(genotype: Genotype, name: str, config: ExportConfig,
 
 def _check_matches(spec: ModelCard, genotype: Genotype | None, config: ExportConfig, ckpt: Path) -> None:
     """Options given together with a checkpoint must agree with it."""
-    if genotype is not None and genotype.to_dict() != spec.genotype.to_dict():
+    if genotype is not None and (spec.genotype is None or genotype.to_dict() != spec.genotype.to_dict()):
         raise NasdeployError(f"genotype {config.source!r} does not match the genotype stored in {ckpt}")
-    trained = parse_scale(spec.scale, spec.image_size)
+    if spec.architecture is not None and config.variant is not None:
+        raise NasdeployError(f"--variant does not apply to {ckpt}: it holds the baseline {spec.architecture}")
     if config.variant is not None:
+        trained = parse_scale(spec.scale, spec.image_size)
         asked = parse_scale(config.variant, config.image_size or spec.image_size)
         if (asked.notation, asked.layout) != (trained.notation, trained.layout):
             raise NasdeployError(f"--variant {config.variant} does not match the checkpoint ({spec.scale})")
@@ -223,6 +225,15 @@ def _check_matches(spec: ModelCard, genotype: Genotype | None, config: ExportCon
     if config.num_classes is not None and config.num_classes != spec.num_classes:
         raise NasdeployError(
             f"--num-classes {config.num_classes} does not match the checkpoint ({spec.num_classes})")
+
+
+def network_label(spec: ModelCard) -> str:
+    """What the network is, briefly: its N@F scale, or the baseline's title (``MobileNetV2 ×0.5``)."""
+    if spec.architecture is not None:
+        from search.space.baselines import model_title
+
+        return model_title(spec.architecture, spec.width_mult)
+    return spec.scale
 
 
 def output_path(config: ExportConfig, loaded: LoadedModel) -> Path:
@@ -409,8 +420,8 @@ def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
     info = model_card(loaded)
     with staging_dir(final.parent) as stage:
         staged = stage / final.name
-        log(f"exporting {loaded.name} ({spec.scale}, {spec.image_size} px, {spec.num_classes} classes, "
-            f"opset {config.opset}) ...")
+        log(f"exporting {loaded.name} ({network_label(spec)}, {spec.image_size} px, {spec.num_classes} "
+            f"classes, opset {config.opset}) ...")
         started = time.perf_counter()
         export_onnx(loaded.model, stage / "raw.onnx", spec.image_size, opset=config.opset,
                     dynamic_batch=config.batch is None, batch_size=config.batch or 1, simplify=False)
@@ -418,7 +429,8 @@ def export_model(config: ExportConfig, log: Any = print) -> ExportResult:
             (config.batch or 2, 3, spec.image_size, spec.image_size)).astype(np.float32)
         simplify = simplify_verified(stage / "raw.onnx", staged, probe)
         checks = check_onnx(staged, spec.num_classes)
-        write_card(staged, info, doc=f"nasdeploy NASNet {loaded.name} {spec.scale}")
+        kind = "baseline" if spec.architecture is not None else "NASNet"
+        write_card(staged, info, doc=f"nasdeploy {kind} {loaded.name} {network_label(spec)}")
         log("verifying ONNX Runtime against PyTorch ...")
         verification = verify_against_torch(loaded.model, staged, spec.image_size,
                                             verification_batches(config), config.seed)

@@ -456,7 +456,8 @@ def make_int8(src: Path, dst: Path, info: ModelCard, data: EvalData, *, method: 
                 path.write_text(text, encoding="utf-8")
                 files[path.name] = path
             chart = dst.with_name(stem + ".png")
-            sens.sensitivity_chart(costs, chart, f"int8 sensitivity of {info.scale or 'the model'} by part",
+            what = info.scale or info.architecture or "the model"
+            sens.sensitivity_chart(costs, chart, f"int8 sensitivity of {what} by part",
                                    float_parts=mixed.float_parts)
             files[chart.name] = chart
         if mixed.float_parts or sensitivity:

@@ -5,7 +5,8 @@ separable convolutions and sums of branches with different ranges are sensitive.
 module measures where the loss comes from and keeps those parts in float:
 
 * :func:`node_groups` splits the nodes a full quantization touches into the network's
-  parts: the stem, each cell (``cell 3 (normal)``), the head (pooling and classifier).
+  parts: the stem, each cell (``cell 3 (normal)``), the head (pooling and classifier);
+  a hand-designed baseline by its modules (:func:`module_groups`: ``layer2``, ``features.3``).
 * :func:`measure_sensitivity` quantizes each part *alone* (everything else float) and
   compares it with the fp32 model on selection images: top-1 agreement, and the relative
   logit noise ``||q - f||^2 / ||f||^2`` that orders the parts.
@@ -77,7 +78,10 @@ def node_groups(nodes: list[str], card: ModelCard | None = None) -> dict[str, li
 
     Node names come from the module path the exporter writes (``/cells.3/ops.1/...``);
     anything outside the stem and the cells (global pooling, flatten, classifier) is the head.
+    A baseline (the card names an ``architecture``) is split by :func:`module_groups`.
     """
+    if card is not None and card.architecture is not None:
+        return module_groups(nodes)
     kinds = _cell_kinds(card)
     groups: dict[str, list[str]] = {}
     for name in nodes:
@@ -90,6 +94,37 @@ def node_groups(nodes: list[str], card: ModelCard | None = None) -> dict[str, li
             part = "stem"
         else:
             part = "head"
+        groups.setdefault(part, []).append(name)
+    return groups
+
+
+SPLIT_SHARE = 1 / 3
+"""A top-level module holding more than this share of the nodes is split into its children."""
+
+
+def module_groups(nodes: list[str]) -> dict[str, list[str]]:
+    """``nodes`` by module of any network, in graph order (the parts of a baseline).
+
+    A part is a top-level module of the network (``conv1``, ``layer2``, ``inception4a``,
+    ``fc``); one that holds more than :data:`SPLIT_SHARE` of the nodes (a ``features``
+    sequence) is split into its children (``features.3``, ``features.denseblock1``). Nodes
+    of the top-level ``forward`` itself (flatten, pooling) are the ``head``.
+    """
+    paths = {name: name.strip("/").split("/")[:-1] for name in nodes}  # the last part names the op
+    tops: dict[str, int] = {}
+    for modules in paths.values():
+        if modules:
+            tops[modules[0]] = tops.get(modules[0], 0) + 1
+    split = {top for top, count in tops.items() if count > SPLIT_SHARE * len(nodes)}
+    groups: dict[str, list[str]] = {}
+    for name, modules in paths.items():
+        if not modules:
+            part = "head"
+        elif modules[0] in split and len(modules) > 1:
+            top, sub = modules[0], modules[1]
+            part = sub if sub.startswith(top + ".") else f"{top}.{sub}"
+        else:
+            part = modules[0]
         groups.setdefault(part, []).append(name)
     return groups
 
