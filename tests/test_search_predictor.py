@@ -198,3 +198,20 @@ def test_a_supernet_that_does_not_fit_the_search_is_one_line(predictor: Path, su
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_oneshot_candidates_score_the_same_on_ray_workers(predictor: Path, supernet: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    """The weight-sharing evaluator on two Ray workers (the supernet goes through Ray's object
+    store): every candidate scores what it scores in the search process."""
+    pytest.importorskip("ray")
+    shared = [*SEARCH, "--evaluator", "oneshot", "--supernet", str(supernet), "--latency-predictor",
+              str(predictor), "--strategy", "random", "--trials", "6", "--rerank", "0", "--seed", "4"]
+    assert run_main([*shared, "--out", str(tmp_path / "single")]) == 0
+    assert run_main([*shared, "--workers", "2", "--out", str(tmp_path / "ray")]) == 0
+    assert "2 children at a time" in capsys.readouterr().err
+    single = {r.genotype_key: r.accuracy for r in read_history(tmp_path / "single" / HISTORY_NAME)}
+    on_ray = {r.genotype_key: r.accuracy for r in read_history(tmp_path / "ray" / HISTORY_NAME)}
+    assert on_ray == single and len(single) >= 4
