@@ -18,6 +18,7 @@ from PIL import Image
 from app import models
 from app.charts import genotype_key, genotype_png, topk_chart
 from search.core.errors import NasdeployError
+from search.space.baselines import describe, model_title
 from search.space.card import ModelCard
 from serve.errors import ImageError
 from serve.preprocess import load_image
@@ -123,10 +124,15 @@ def model_line(runtime: Runtime | None, bundled: bool = False) -> str:
     provider = runtime.describe().get("provider", runtime.backend)
     where = f"the {BUNDLED_LABEL} `{runtime.path.name}`" if bundled else \
         f"`{runtime.path.parent.name}/{runtime.path.name}`"
-    return (
-        f"Searched NASNet-style cell **{info.scale or '?'}** at {info.image_size} px · "
-        f"{where} on **{runtime.backend}** ({provider})"
-    )
+    return f"{network_text(info)} at {info.image_size} px · {where} on **{runtime.backend}** ({provider})"
+
+
+def network_text(info: ModelCard) -> str:
+    """What the network is: ``Baseline **MobileNetV2 ×0.5**`` or ``Searched NASNet-style cell **1@48**``."""
+    if info.architecture is not None:
+        # catalogue titles, or a name the card holds to [a-z0-9_]: nothing to escape
+        return f"Baseline **{model_title(info.architecture, info.width_mult)}**"
+    return f"Searched NASNet-style cell **{info.scale or '?'}**"
 
 
 def bundled_note(runtime: Runtime | None, choice: ModelChoice) -> None:
@@ -198,7 +204,8 @@ def _human(value: float | None, unit: str = "") -> str:
 
 
 def model_card_tab(runtime: Runtime | None, choice: ModelChoice) -> None:
-    """Scale, size, cost, measured latency, accuracy and the drawn cells of the model."""
+    """Scale (or a baseline's architecture), size, cost, measured latency, accuracy and the drawn
+    cells of the model (or what the baseline is)."""
     if runtime is None:
         st.info(NO_MODEL, icon=":material/info:")
         return
@@ -210,7 +217,11 @@ def _model_card(runtime: Runtime, choice: ModelChoice) -> None:
     info = runtime.info
     latency = models.model_latency(runtime, choice.backend or "auto")
     cols = st.columns(6)
-    cols[0].metric("Scale (N@F)", info.scale or "—")
+    if info.architecture is not None:
+        cols[0].metric("Architecture", model_title(info.architecture, info.width_mult),
+                       help=describe(info.architecture, info.width_mult))
+    else:
+        cols[0].metric("Scale (N@F)", info.scale or "—")
     cols[1].metric("Input", f"{info.image_size}×{info.image_size} px")
     cols[2].metric("Parameters", _human(info.params))
     cols[3].metric("MACs", _human(info.macs))
@@ -222,7 +233,10 @@ def _model_card(runtime: Runtime, choice: ModelChoice) -> None:
     cols[5].metric("Accuracy", "—" if info.accuracy is None else f"{info.accuracy:.1%}",
                    help="from the model's training/export metadata")
     st.caption(_facts(info, runtime))
-    show_cells(info.genotype.to_dict() if info.genotype else None)
+    if info.architecture is not None:
+        show_architecture(info)
+    else:
+        show_cells(info.genotype.to_dict() if info.genotype else None)
     card = models.bundled_card() if choice.bundled else None
     if card:
         with st.expander("About the bundled model"):
@@ -240,6 +254,14 @@ def _facts(info: ModelCard, runtime: Runtime) -> str:
         f"file `{runtime.path}`",
     ]
     return " · ".join(parts)
+
+
+def show_architecture(info: ModelCard) -> None:
+    """What a baseline is, in place of the cells a searched model draws."""
+    st.subheader("Architecture")
+    st.markdown(f"Hand-designed baseline: **{describe(info.architecture or '', info.width_mult)}**, "
+                f"built for {info.image_size} px inputs (`python -m search.train --model "
+                f"{info.architecture}`). It has no searched cells to draw.")
 
 
 def show_cells(genotype: dict | None, title: str | None = "Cells") -> None:

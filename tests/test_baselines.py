@@ -156,3 +156,30 @@ def test_baseline_trains_exports_and_serves_like_a_genotype(name: str, tmp_path:
 
 def test_every_catalogue_entry_names_its_paper() -> None:
     assert all(b.paper and b.title and b.family for b in BASELINES.values())
+
+
+@pytest.mark.slow
+def test_the_app_names_the_baseline_and_shows_its_architecture(monkeypatch, tmp_path: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from app import models
+    from export.onnx_export import ExportConfig, export_model
+    from search.nn.checkpoint import save_checkpoint
+
+    card = ModelCard(architecture="mobilenet_v3_small", width_mult=0.5, image_size=16, num_classes=10,
+                     mean=(0.5,) * 3, std=(0.25,) * 3, dataset="digits")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "mbv3" / "checkpoint.pt", build_baseline("mobilenet_v3_small", 10, 16, 0.5),
+                    card, metrics={"test_accuracy": 0.5})
+    export_model(ExportConfig(source=str(tmp_path / "mbv3")), log=lambda *_: None)
+    monkeypatch.setenv(models.RUNS_ENV, str(tmp_path))
+    demo = Path(__file__).resolve().parents[1] / "app" / "demo.py"
+    at = AppTest.from_file(str(demo), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    line = " ".join(c.value for c in at.caption)
+    assert "Baseline **MobileNetV3-small ×0.5** at 16 px" in line
+    model_card = at.tabs[1]
+    metrics = {m.label: m.value for m in model_card.metric}
+    assert metrics["Architecture"] == "MobileNetV3-small ×0.5" and "Scale (N@F)" not in metrics
+    assert any(h.value == "Architecture" for h in model_card.subheader)
+    assert not model_card.get("image")  # no cells to draw
