@@ -54,6 +54,21 @@ def test_resnet20_is_he_et_al_s_0_27_m_network() -> None:
     assert count_params(model) == pytest.approx(0.27e6, rel=0.01)
 
 
+@pytest.mark.parametrize("name", ["mnasnet", "resnet20"])
+def test_a_checkpoint_rebuilds_the_baseline_with_its_weights(name: str, tmp_path: Path) -> None:
+    from search.nn.checkpoint import save_checkpoint
+
+    card = ModelCard(architecture=name, image_size=16, num_classes=10, mean=(0.5,) * 3, std=(0.5,) * 3)
+    torch.manual_seed(0)
+    model = build_baseline(name, 10, 16).eval()
+    save_checkpoint(tmp_path / "checkpoint.pt", model, card)  # a plain dict: no module versions
+    loaded, spec, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert spec == card
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_width_multipliers_shrink_the_network() -> None:
     full = count_params(build_baseline("mobilenet_v2", 10, 32))
     half = count_params(build_baseline("mobilenet_v2", 10, 32, 0.5))
@@ -183,3 +198,24 @@ def test_the_app_names_the_baseline_and_shows_its_architecture(monkeypatch, tmp_
     assert metrics["Architecture"] == "MobileNetV3-small ×0.5" and "Scale (N@F)" not in metrics
     assert any(h.value == "Architecture" for h in model_card.subheader)
     assert not model_card.get("image")  # no cells to draw
+
+
+def test_an_interrupted_baseline_resumes_with_its_own_settings(tmp_path: Path, monkeypatch, capsys) -> None:
+    from search.training import final as final_mod
+
+    out = tmp_path / "lenet"
+    real_line = final_mod._epoch_line
+
+    def stop_after_first_epoch(row, epochs):  # the checkpoint of epoch 1 is already saved
+        real_line(row, epochs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(final_mod, "_epoch_line", stop_after_first_epoch)
+    args = ["--model", "lenet5", "--dataset", "digits", "--epochs", "2", "--train-size", "64",
+            "--no-progress"]
+    assert train_main([*args, "--out", str(out)]) == 130
+    monkeypatch.setattr(final_mod, "_epoch_line", real_line)
+    assert train_main(["--resume", str(out), "--no-progress"]) == 0
+    assert "training lenet5: baseline LeNet-5" in capsys.readouterr().out
+    _, card, raw = load_checkpoint(out / "checkpoint.pt")
+    assert card.architecture == "lenet5" and raw["training"]["epoch"] == 2

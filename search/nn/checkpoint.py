@@ -10,6 +10,7 @@ checkpoints written before the card existed hold its version-1 form and still lo
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -36,6 +37,20 @@ def build_from_card(card: ModelCard) -> nn.Module:
         raise NasdeployError("the model card names no genotype and scale to build a network from")
     return build_model(card.genotype, card.scale, num_classes=card.num_classes,
                        image_size=card.image_size, auxiliary=card.auxiliary)
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Any]) -> None:
+    """``model.load_state_dict`` of saved tensors, with the module versions of ``model`` itself.
+
+    A checkpoint stores a plain dict, without the ``_metadata`` (module versions) of a
+    ``state_dict``; torchvision's MNASNet refuses weights without its version, and the
+    freshly built network is the version the weights were trained in.
+    """
+    weights = OrderedDict(state_dict)
+    metadata = getattr(model.state_dict(), "_metadata", None)
+    if metadata is not None:
+        weights._metadata = metadata  # type: ignore[attr-defined]
+    model.load_state_dict(weights)
 
 
 def save_checkpoint(
@@ -86,8 +101,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelCard,
     except NasdeployError as exc:
         raise NasdeployError(f"{path}: {exc}") from None
     try:
-        model.load_state_dict(data["state_dict"])
-    except (RuntimeError, KeyError) as exc:
+        load_weights(model, data["state_dict"])
+    except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:160]
         raise NasdeployError(f"{path}: weights do not match the recorded network ({first})") from None
     return model.eval(), spec, data

@@ -24,7 +24,7 @@ from search.core.atomic import atomic_write_text, unique_path
 from search.core.errors import NasdeployError
 from search.core.rundir import CHECKPOINT_NAME, TRAIN_LOG_NAME
 from search.data.datasets import DataBundle, load_dataset
-from search.nn.checkpoint import build_from_card, read_checkpoint, save_checkpoint
+from search.nn.checkpoint import build_from_card, load_weights, read_checkpoint, save_checkpoint
 from search.nn.cost import count_params
 from search.nn.device import resolve_device
 from search.nn.model import build_model
@@ -298,7 +298,7 @@ def _settings_from_checkpoint(settings: FinalTrainSettings, state: dict[str, Any
 
 def _restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              scheduler: Any) -> list[dict[str, Any]]:
-    model.load_state_dict(state["state_dict"])
+    load_weights(model, state["state_dict"])
     training = state["training"]
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
