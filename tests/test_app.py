@@ -59,7 +59,32 @@ def headings(at: AppTest) -> list[tuple[str, float]]:
 
 
 @pytest.mark.slow
-def test_no_runs_shows_friendly_messages(monkeypatch, tmp_path):
+def test_first_launch_opens_on_the_bundled_model_and_classifies_its_photos(monkeypatch, tmp_path):
+    at = start(monkeypatch, tmp_path / "nothing-here")
+    assert_no_traceback(at)
+    assert not at.error
+    bundled = models.bundled_model()
+    assert bundled is not None and at.sidebar.selectbox[0].value == bundled
+    assert "showing the bundled CIFAR-10 model" in " ".join(c.value for c in at.sidebar.caption)
+    note = " ".join(i.value for i in at.info)
+    assert "bundled CIFAR-10 model" in note and "Runs folder" in note  # what it is, how to switch
+    shown = headings(at)  # the ten CIFAR-10 photos are picked at first
+    truth = [name.removeprefix("cifar-").removesuffix(".png") for name in models.cifar_samples()]
+    assert len(shown) == len(truth) == 10
+    assert sum(label == name for (label, _), name in zip(shown, truth, strict=True)) >= 8, shown
+    card = at.tabs[CARD]
+    metrics = {m.label: m.value for m in card.metric}
+    info = load_runtime(bundled).info
+    assert metrics["Scale (N@F)"] == info.scale and metrics["Accuracy"] == f"{info.accuracy:.1%}"
+    assert float(metrics["Latency here"].removesuffix(" ms")) > 0
+    assert any(e.label == "About the bundled model" for e in card.expander)
+
+
+@pytest.mark.slow
+def test_no_runs_and_no_bundled_model_shows_friendly_messages(monkeypatch, tmp_path):
+    from serve import bundled
+
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path / "not-installed")
     at = start(monkeypatch, tmp_path / "nothing-here")
     assert_no_traceback(at)
     assert not at.error

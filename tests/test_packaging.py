@@ -114,6 +114,8 @@ def test_wheel_holds_every_module_and_the_samples_but_no_tests(wheel: Path):
     samples = {p.relative_to(REPO).as_posix() for p in (REPO / "app" / "samples").iterdir()
                if p.suffix in (".png", ".jpg")}
     assert samples and samples <= names
+    bundled = {f"serve/models/cifar10/{n}" for n in ("model.onnx", "export_report.json", "MODEL.md")}
+    assert bundled <= names  # the CIFAR-10 model `bundled` names, so a fresh install classifies at once
     assert not [n for n in names if n.split("/")[0] in ("tests", "benchmarks", "docs")]
 
 
@@ -149,6 +151,12 @@ def test_serving_runs_without_torch_optuna_streamlit_matplotlib(tmp_path, model)
     assert predicted.returncode == 0, predicted.stderr
     (prediction,) = json.loads(predicted.stdout)["predictions"]
     assert prediction["top"][0]["class"] in CLASS_NAMES
+
+    shipped = run("-m", "serve.predict", "bundled", str(SAMPLE), "--json")
+    assert shipped.returncode == 0, shipped.stderr
+    (prediction,) = json.loads(shipped.stdout)["predictions"]
+    assert prediction["top"][0]["class"] in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                             "horse", "ship", "truck")
 
     benched = run("-m", "serve.bench", str(model), "--batch-sizes", "1", "--warmup", "1", "--iters", "3")
     assert benched.returncode == 0 and "p50" in benched.stdout, benched.stderr
@@ -205,6 +213,10 @@ def test_fresh_venv_with_the_serve_extra_predicts_without_torch(tmp_path, model)
     assert predicted.returncode == 0, predicted.stderr
     first_row = predicted.stdout.splitlines()[2].split()
     assert first_row[0] == SAMPLE.name and first_row[2] in CLASS_NAMES
+    shipped = subprocess.run([python, "-m", "serve.predict", "bundled", str(SAMPLE), "--json"], cwd=elsewhere,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert shipped.returncode == 0, shipped.stderr  # the bundled model came with the install
+    assert Path(json.loads(shipped.stdout)["runtime"]["model"]).is_relative_to(venv)
 
 
 @pytest.mark.parametrize("module", ["serve.http", "export.onnx", "export.tensorrt"])
