@@ -211,6 +211,37 @@ def _stop_reason(done: int, elapsed: float, max_trials: int | None,
     return None
 
 
+@dataclass
+class OpenRun:
+    """A run directory's history, ready for more trials (what both loops start from)."""
+
+    path: Path
+    records: list[TrialRecord]
+    seen: dict[str, TrialRecord]
+    """Genotype key -> its original (not duplicate) record."""
+    before: int
+    elapsed_before: float
+    """Search time already spent: setup plus the recorded trials' wall times."""
+    bar: _Progress
+
+
+def open_run(strategy: Strategy, run_dir: str | Path, *, max_trials: int | None,
+             time_budget_s: float | None, setup_time_s: float, progress: bool,
+             stream: TextIO | None) -> OpenRun:
+    """Read (and repair) ``trials.jsonl``, let ``strategy`` rebuild its state from it and open
+    the progress display."""
+    if max_trials is None and time_budget_s is None:
+        raise ValueError("give max_trials or time_budget_s (or both)")
+    path = Path(run_dir) / HISTORY_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = repair_history(path)
+    strategy.resume(records)
+    seen = {r.genotype_key: r for r in records if r.duplicate_of is None}
+    bar = _Progress(strategy.name, max_trials, len(records), time_budget_s, enabled=progress,
+                    stream=sys.stderr if stream is None else stream)
+    return OpenRun(path, records, seen, len(records), setup_time_s + sum(r.wall_time_s for r in records), bar)
+
+
 def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
              max_trials: int | None, time_budget_s: float | None = None,
              progress: bool = True, stream: TextIO | None = None,
@@ -230,18 +261,11 @@ def run_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | Path, *,
         setup_time_s: time the run spent before its first trial that counts against
             ``time_budget_s`` (a one-shot supernet's training, a latency profile).
     """
-    if max_trials is None and time_budget_s is None:
-        raise ValueError("give max_trials or time_budget_s (or both)")
-    path = Path(run_dir) / HISTORY_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    records = repair_history(path)
-    strategy.resume(records)
-    seen = {r.genotype_key: r for r in records if r.duplicate_of is None}
-    before = len(records)
-    elapsed_before = setup_time_s + sum(r.wall_time_s for r in records)
+    run = open_run(strategy, run_dir, max_trials=max_trials, time_budget_s=time_budget_s,
+                   setup_time_s=setup_time_s, progress=progress, stream=stream)
+    path, records, seen, before, elapsed_before, bar = (run.path, run.records, run.seen, run.before,
+                                                         run.elapsed_before, run.bar)
     session_start = time.perf_counter()
-    bar = _Progress(strategy.name, max_trials, before, time_budget_s, enabled=progress,
-                    stream=sys.stderr if stream is None else stream)
     try:
         while True:
             elapsed = elapsed_before + time.perf_counter() - session_start

@@ -17,24 +17,22 @@ flight: a resume proposes again from the recorded trials.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from search.core.rundir import HISTORY_NAME
 from search.experiment.loop import (
     Evaluator,
     LoopResult,
-    _Progress,
     _reuse,
     _stop_reason,
     finish_candidate,
     measure_cost,
+    open_run,
 )
 from search.strategies.base import Outcome, Proposal, Strategy
-from search.trials.history import TrialRecord, append_record, repair_history
+from search.trials.history import TrialRecord, append_record
 
 
 @dataclass
@@ -54,18 +52,11 @@ def run_parallel_loop(strategy: Strategy, evaluator: Evaluator, run_dir: str | P
     Arguments as :func:`search.experiment.loop.run_loop`, plus ``pool`` (a
     :class:`~search.experiment.workers.RayPool` whose :meth:`share` was called).
     """
-    if max_trials is None and time_budget_s is None:
-        raise ValueError("give max_trials or time_budget_s (or both)")
-    path = Path(run_dir) / HISTORY_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    records = repair_history(path)
-    strategy.resume(records)
-    seen = {r.genotype_key: r for r in records if r.duplicate_of is None}
-    before = len(records)
-    elapsed_before = setup_time_s + sum(r.wall_time_s for r in records)
+    run = open_run(strategy, run_dir, max_trials=max_trials, time_budget_s=time_budget_s,
+                   setup_time_s=setup_time_s, progress=progress, stream=stream)
+    path, records, seen, before, elapsed_before, bar = (run.path, run.records, run.seen, run.before,
+                                                         run.elapsed_before, run.bar)
     session_start = last = time.perf_counter()
-    bar = _Progress(strategy.name, max_trials, before, time_budget_s, enabled=progress,
-                    stream=sys.stderr if stream is None else stream)
     running: dict[Any, _Child] = {}
     waiting: dict[str, list[Proposal]] = {}
     reason: str | None = None
