@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.core.errors import NasdeployError
+from search.core.rundir import MODEL_ONNX_NAME
 
 BUNDLED_NAME = "bundled"
 """The model argument that stands for the shipped CIFAR-10 model."""
@@ -34,9 +35,9 @@ def bundled_dir() -> Path:
     Raises:
         NasdeployError: this install lacks it (a source tree without the model files).
     """
-    if not (BUNDLED_DIR / "model.onnx").is_file():
+    if not (BUNDLED_DIR / MODEL_ONNX_NAME).is_file():
         raise NasdeployError(f"the bundled model is missing from this install ({BUNDLED_DIR} holds no "
-                             "model.onnx); reinstall nasdeploy, or build it with "
+                             f"{MODEL_ONNX_NAME}); reinstall nasdeploy, or build it with "
                              "python scripts/bundled_model.py")
     return BUNDLED_DIR
 
