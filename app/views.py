@@ -20,6 +20,7 @@ from app.charts import genotype_key, genotype_png, topk_chart
 from search.core.errors import NasdeployError
 from search.space.baselines import describe, model_title
 from search.space.card import ModelCard
+from serve.bundled import is_bundled
 from serve.errors import ImageError
 from serve.preprocess import load_image
 from serve.runtime import Prediction, Runtime, available_backends, classify
@@ -94,7 +95,7 @@ def sidebar() -> ModelChoice:
         showing = "; showing the bundled CIFAR-10 model" if bundled is not None else ""
         bar.caption(f"No `.onnx` / `.engine` files under `{root}`{showing}.")
     typed = bar.text_input("…or a model path", placeholder="runs/exp1/model.onnx, or bundled").strip()
-    if typed == "bundled" and bundled is not None:
+    if is_bundled(typed) and bundled is not None:  # the name the serving CLIs take, same rule
         picked, typed = bundled, ""
     path = Path(typed).expanduser() if typed else picked
     backends = models.backends_for(path) if path else available_backends()
@@ -142,9 +143,9 @@ def bundled_note(runtime: Runtime | None, choice: ModelChoice) -> None:
     info = runtime.info
     accuracy = "" if info.accuracy is None else f", {info.accuracy:.1%} accurate on the CIFAR-10 test set"
     st.info(
-        f"You are looking at the **{BUNDLED_LABEL}** that ships with nasdeploy: a searched NASNet-style cell "
-        f"stacked at {info.scale} for {info.image_size} px images{accuracy}. Its ten sample photos (CIFAR-10 "
-        f"test images it never trained on) are classified below, on this machine. {YOUR_RUNS}",
+        f"You are looking at the **{BUNDLED_LABEL}** that ships with nasdeploy. {network_text(info)} for "
+        f"{info.image_size} px images{accuracy}. Its ten sample photos (CIFAR-10 test images it never "
+        f"trained on) are classified below, on this machine. {YOUR_RUNS}",
         icon=":material/inventory_2:",
     )
 

@@ -13,7 +13,7 @@
 3. **Measure** every precision on the whole CIFAR-10 test split (10,000 images) through the
    torch-free serving pipeline (PIL image -> ``serve.preprocess`` -> ONNX Runtime), its
    batch-1 latency on this CPU (``serve.bench``: one thread pool as ONNX Runtime sets it,
-   median of at least 200 runs), and the ten ``app/samples/cifar-*.png`` photos.
+   median of 3 s of runs after 50 warm-up runs), and the ten ``app/samples/cifar-*.png`` photos.
 4. **Bundle** ``model.onnx``, the fastest precision when it is not fp32, ``export_report.json``
    and a ``MODEL.md`` card into ``serve/models/cifar10/`` (staged, then renamed into place),
    and write ``benchmarks/results/bundled_model.json``.
