@@ -200,21 +200,13 @@ def test_the_app_names_the_baseline_and_shows_its_architecture(monkeypatch, tmp_
     assert not model_card.get("image")  # no cells to draw
 
 
-def test_an_interrupted_baseline_resumes_with_its_own_settings(tmp_path: Path, monkeypatch, capsys) -> None:
-    from search.training import final as final_mod
-
+def test_an_interrupted_baseline_resumes_with_its_own_settings(tmp_path: Path, interrupt_after_first_epoch,
+                                                               capsys) -> None:
     out = tmp_path / "lenet"
-    real_line = final_mod._epoch_line
-
-    def stop_after_first_epoch(row, epochs):  # the checkpoint of epoch 1 is already saved
-        real_line(row, epochs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(final_mod, "_epoch_line", stop_after_first_epoch)
     args = ["--model", "lenet5", "--dataset", "digits", "--epochs", "2", "--train-size", "64",
             "--no-progress"]
     assert train_main([*args, "--out", str(out)]) == 130
-    monkeypatch.setattr(final_mod, "_epoch_line", real_line)
+    interrupt_after_first_epoch()  # run on to the end
     assert train_main(["--resume", str(out), "--no-progress"]) == 0
     assert "training lenet5: baseline LeNet-5" in capsys.readouterr().out
     _, card, raw = load_checkpoint(out / "checkpoint.pt")

@@ -11,7 +11,6 @@ import torch
 from search.nn.checkpoint import load_checkpoint
 from search.space.genotype import REFERENCE_GENOTYPES
 from search.train import main
-from search.training import final as final_mod
 from search.training.final import default_out_dir
 
 TINY = ["--dataset", "digits", "--variant", "1@48", "--image-size", "8", "--train-size", "200",
@@ -43,21 +42,14 @@ def test_training_writes_a_rebuildable_checkpoint_and_log(finished: Path, capsys
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(
-    finished: Path, tmp_path: Path, monkeypatch, capsys
+    finished: Path, tmp_path: Path, interrupt_after_first_epoch, capsys
 ) -> None:
     out = tmp_path / "interrupted"
-    real_line = final_mod._epoch_line
-
-    def stop_after_first_epoch(row, epochs):  # the checkpoint of epoch 1 is already saved
-        real_line(row, epochs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(final_mod, "_epoch_line", stop_after_first_epoch)
     assert main(["lite", *TINY, "--epochs", "2", "--out", str(out)]) == 130
     assert f"python -m search.train --resume {out}" in capsys.readouterr().err
     _, _, partial = load_checkpoint(out / "checkpoint.pt")
     assert partial["training"]["epoch"] == 1 and "test_accuracy" not in partial["metrics"]
-    monkeypatch.setattr(final_mod, "_epoch_line", real_line)
+    interrupt_after_first_epoch()  # run on to the end
     assert main(["--resume", str(out), "--no-progress"]) == 0
     assert "resuming after epoch 1" in capsys.readouterr().out
     _, _, resumed = load_checkpoint(out / "checkpoint.pt")
