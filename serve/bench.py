@@ -3,6 +3,8 @@
     python -m serve.bench MODEL [--backend auto] [--device auto] [--batch-sizes 1,8,32 | --batch N]
                                 [--warmup 10] [--iters N | --duration 2s] [--json [FILE]]
     python -m serve.bench --panel DIR [--threads 1] [--backend auto] [--device auto] --json OUT
+    python -m serve.bench --table MODEL [MODEL ...] [--out DIR] [--precisions fp32,fp16,int8]
+                                [--threads 1] [--rounds 3] [--warmup 10] [--iters N | --duration 2s]
 
 Inputs are random tensors of the model's shape: decoding and preprocessing are not timed.
 A batch holds at most 4096 images (MAX_BATCH) and an input tensor of at most 2 GiB; larger
@@ -11,6 +13,10 @@ With --panel (a folder from `python -m search.latency panel`) every model is tim
 as the search times latency (median of 20 runs, p10/p90, timed again when the spread is wide),
 on ONNX Runtime with --threads intra-op threads, or as fp16 engines with --backend tensorrt;
 OUT is the measurements file `python -m search.latency fit` reads.
+With --table (serve/table.py) every model (a file, an export folder, a search run or bundled)
+and every precision its export holds is timed at batch 1 in interleaved rounds; the table of
+size, parameters, MACs, depth, recorded accuracy and p50/p90 latency is printed as Markdown,
+and --out DIR writes table.md, table.csv, table.json and accuracy_latency.png.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from search.runtime import panel as latency_panel
 from search.runtime.host import cpu_model
 from search.runtime.timing import measure
 from search.space.card import MAX_BATCH
+from serve import table, table_render
 from serve.errors import ServeError
 from serve.runtime import BACKENDS, DEVICES, Runtime, load_runtime
 
@@ -40,6 +47,9 @@ MAX_INPUT_BYTES = 2 * 1024**3
 """Largest input tensor of one timed batch (float32 bytes)."""
 PANEL_REPEATS = 20
 """Timed runs per panel model without --iters (the search's latency repeats)."""
+PANEL_ROUNDS = 1
+TABLE_ROUNDS = 3
+"""--rounds without the flag: one pass over a panel, three over the models of a table."""
 
 
 @dataclass(frozen=True)
@@ -228,16 +238,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", type=Path, nargs="?",
                         help="model.onnx or model.engine, a folder holding model.onnx, or a search run "
                              "directory (its selected trial's exported model); bundled: the CIFAR-10 model "
-                             "shipped with nasdeploy; not with --panel")
+                             "shipped with nasdeploy; not with --panel or --table")
     parser.add_argument("--panel", type=Path, metavar="DIR",
                         help="time every model of a latency panel (python -m search.latency panel) at "
                              f"batch 1: --warmup runs, then {PANEL_REPEATS} timed runs (or --iters) within "
                              "--duration, median and p10/p90 per model")
-    parser.add_argument("--rounds", type=cli.positive_int, default=1, metavar="R",
-                        help="passes over the panel (--panel only); a model's latency is the median of its "
-                             "per-round medians, so a busy spell falls on every model alike")
+    parser.add_argument("--table", nargs="+", metavar="MODEL",
+                        help="time every model (file, export folder, search run or bundled) and each "
+                             "precision its export holds at batch 1, in interleaved rounds, and print the "
+                             "model table: size, params, MACs, depth, recorded accuracy, p50/p90 latency")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help=f"--table only: write {', '.join(table_render.OUTPUT_NAMES)} into this folder "
+                             "(each atomically)")
+    parser.add_argument("--precisions", type=precision_list, metavar="P,P,...",
+                        help="--table only: the precisions to time, from fp32,fp16,int8 (default: every "
+                             "precision each model's export holds)")
+    parser.add_argument("--no-plot", action="store_true",
+                        help="--table only: skip accuracy_latency.png (it needs matplotlib)")
+    parser.add_argument("--rounds", type=cli.positive_int, metavar="R",
+                        help=f"passes over the models (--panel, --table; default: {PANEL_ROUNDS} with "
+                             f"--panel, {TABLE_ROUNDS} with --table), each taking every model in turn, so a "
+                             "busy spell falls on every model alike; --panel takes the median of per-round "
+                             "medians, --table the p50/p90 of every run of every round")
     parser.add_argument("--threads", type=cli.positive_int, default=1, metavar="N",
-                        help="ONNX Runtime intra-op threads per panel model (--panel only; one pinned "
+                        help="ONNX Runtime intra-op threads per model (--panel and --table; one pinned "
                              "thread is the most repeatable figure on a shared multi-core machine)")
     parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                         help="runtime that runs the model; auto picks it by the file suffix")
@@ -249,16 +273,56 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch", type=one_batch_size, metavar="N",
                        help=f"time one batch size, in images, at most {MAX_BATCH} (same as --batch-sizes N)")
     parser.add_argument("--warmup", type=cli.non_negative_int, default=10, metavar="RUNS",
-                        help="untimed runs per batch size")
+                        help="untimed runs per batch size (--table: per model and precision, before its "
+                             "first round)")
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--iters", type=cli.positive_int, metavar="RUNS",
-                       help="timed runs per batch size (default: timed by --duration)")
+                       help="timed runs per batch size (--table: per model, precision and round; default: "
+                            "timed by --duration)")
     limit.add_argument("--duration", "--seconds", dest="duration", type=cli.duration_s, default="2s",
                        metavar="TIME",
-                       help=f"wall time of timed runs per batch size (at least {MIN_ITERS} runs), "
-                            "e.g. 2s or 500ms; a bare number is seconds; --seconds is the old name")
+                       help=f"wall time of timed runs per batch size (at least {MIN_ITERS} runs; --table: "
+                            "per model and precision, shared by the rounds), e.g. 2s or 500ms; a bare number "
+                            "is seconds; --seconds is the old name")
     cli.add_json(parser, "the report")
     return parser
+
+
+def precision_list(text: str) -> tuple[str, ...]:
+    """``--precisions``: comma-separated names from fp32, fp16, int8."""
+    try:
+        return table.parse_precisions(text)
+    except ServeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def table_settings(args: argparse.Namespace) -> table.TableSettings:
+    """``--table``'s flags as :class:`serve.table.TableSettings` (combinations it refuses: one line)."""
+    if args.model is not None or args.panel is not None:
+        raise NasdeployError("give --table MODEL... alone, not with a MODEL or --panel")
+    if args.backend == "tensorrt":
+        raise NasdeployError("--table times ONNX models in ONNX Runtime; drop --backend tensorrt "
+                             "(--device tensorrt uses ONNX Runtime's TensorRT provider)")
+    if args.batch is not None:
+        raise NasdeployError("--table times batch 1; drop --batch")
+    return table.TableSettings(precisions=args.precisions, threads=args.threads, device=args.device,
+                               warmup=args.warmup, iters=args.iters, duration_s=args.duration,
+                               rounds=args.rounds or TABLE_ROUNDS)
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """``--table MODEL...``: one library call; progress on stderr, the table (or JSON) on stdout."""
+    import sys
+
+    settings = table_settings(args)
+    result = table.make_table(args.table, settings, out=args.out, plot=not args.no_plot,
+                              progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if cli.emit_json(args.json, result.document):
+        return 0
+    print(table_render.to_markdown(result.document), end="")
+    if result.written:
+        print(f"wrote {', '.join(str(p) for p in result.written)}")
+    return 0
 
 
 def panel_timing(args: argparse.Namespace) -> latency_panel.PanelTiming:
@@ -274,7 +338,7 @@ def panel_timing(args: argparse.Namespace) -> latency_panel.PanelTiming:
     return latency_panel.PanelTiming(
         backend=backend, device=args.device, threads=args.threads, warmup=args.warmup,
         repeats=args.iters or PANEL_REPEATS, max_time_s=None if args.iters else args.duration,
-        rounds=args.rounds)
+        rounds=args.rounds or PANEL_ROUNDS)
 
 
 def run_panel(args: argparse.Namespace) -> int:
@@ -320,6 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import Progress
 
     args = build_parser().parse_args(argv)
+    if args.table is not None:
+        try:
+            return run_table(args)
+        except USER_ERRORS as exc:
+            return report_user_error(exc)
+    table_only = [flag for flag, value in (("--out", args.out), ("--precisions", args.precisions),
+                                           ("--no-plot", args.no_plot)) if value]
+    if table_only:
+        return report_user_error(NasdeployError(f"{', '.join(table_only)} belong to --table MODEL..."))
     if args.panel is not None:
         try:
             return run_panel(args)

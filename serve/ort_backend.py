@@ -53,12 +53,13 @@ def provider_options(provider: str) -> dict[str, str]:
     return sessions.provider_options(provider)
 
 
-def load(path: Path, device: str = "auto") -> OrtRuntime:
-    """Open ``path`` in an ONNX Runtime session on the best provider for ``device``."""
+def load(path: Path, device: str = "auto", threads: int | None = None) -> OrtRuntime:
+    """Open ``path`` in an ONNX Runtime session on the best provider for ``device``, with
+    ``threads`` intra-op threads (``None``: every CPU this process may use)."""
     if not is_available():
         raise ServeError("the onnxruntime backend needs `pip install onnxruntime`")
     try:
-        settings = SessionSettings(device=device)
+        settings = SessionSettings(device=device, threads=threads)
         providers = select_providers(device, sessions.available_providers())
         session = sessions.create_session(path, settings)
     except NasdeployError as exc:
