@@ -13,24 +13,28 @@ if ROOT not in sys.path:  # `streamlit run` puts app/ on the path, not the repos
     sys.path.insert(0, ROOT)
 
 from app.explorer_view import explorer_tab  # noqa: E402
+from app.table_view import table_tab  # noqa: E402
 from app.views import bundled_note, classify_tab, load_choice, model_card_tab, model_line, sidebar  # noqa: E402
 
 
 def main() -> None:
-    """Lay out the page: sidebar model picker and three tabs."""
+    """Lay out the page: sidebar model picker and four tabs."""
     st.set_page_config(page_title="nasdeploy demo", page_icon=":material/hub:", layout="wide")
     st.title(":material/hub: nasdeploy demo")
     choice = sidebar()
     runtime = load_choice(choice)
     st.caption(model_line(runtime, choice.bundled))
     bundled_note(runtime, choice)
-    classify, card, explore = st.tabs(["Classify", "Model card", "Search explorer"])
+    tabs = st.tabs(["Classify", "Model card", "Search explorer", "Model table"])
+    classify, card, explore, models_table = tabs
     with classify:
         classify_tab(runtime, choice)
     with card:
         model_card_tab(runtime, choice)
     with explore:
         explorer_tab(choice.root, choice.path)
+    with models_table:
+        table_tab(choice.root)
 
 
 main()

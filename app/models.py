@@ -85,6 +85,15 @@ def discover_runs(root: str | Path) -> list[Path]:
     return sorted({p.parent for p in islice(_walk(Path(root)), MAX_FILES) if p.name == HISTORY_NAME})
 
 
+def discover_tables(root: str | Path) -> list[Path]:
+    """Model tables (``table.json`` written by ``python -m serve.bench --table ... --out DIR``) under
+    ``root``, newest first."""
+    from serve.table_render import JSON_NAME
+
+    found = [p for p in islice(_walk(Path(root)), MAX_FILES) if p.name == JSON_NAME]
+    return sorted(found, key=lambda p: (-_mtime(p), str(p)))
+
+
 def bundled_model() -> Path | None:
     """The bundled CIFAR-10 model's file (its fastest precision), or ``None`` when this install lacks it."""
     from search.trials.runinfo import exported_model
