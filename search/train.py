@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="width multiplier of --model, where the family has one (e.g. 0.5)")
     p.add_argument("--trial", type=cli.non_negative_int, metavar="N",
                    help="train trial N of the run instead of its selected genotype")
-    p.add_argument("--variant", metavar="V", help=f"cifar, mobile, large or N@F (default: the run's target "
-                                                  f"variant, else {DEFAULT_VARIANT})")
+    p.add_argument("--variant", metavar="V", help=f"cifar, mobile, large, N@F, or auto: the N@F python -m "
+                                                  f"search.scale chose for a latency budget (default: the "
+                                                  f"run's target variant, else {DEFAULT_VARIANT})")
     p.add_argument("--image-size", type=cli.positive_int, metavar="PX",
                    help="input side in pixels (default: the run's, else the dataset's: digits 16, CIFAR 32)")
     p.add_argument("--dataset", choices=DATASETS,
@@ -92,6 +93,12 @@ def settings_from_args(args: argparse.Namespace, target: RunTarget | None) -> Fi
         return FinalTrainSettings(genotype=None, train=train, out=args.resume, resume=True)
     dataset = args.dataset or target.dataset or DEFAULT_DATASET
     same_data = args.dataset is None or args.dataset == target.dataset
+    if args.variant is not None and args.variant.strip().lower() == "auto":
+        if target.auto_variant is None:
+            raise NasdeployError(f"{target.source} has no automatic N@F yet: run python -m search.scale "
+                                 f"{target.source} --latency-budget T first (it records metadata.scale)")
+        args.variant = target.auto_variant
+        args.image_size = args.image_size or target.auto_image_size
     image_size = args.image_size or target.image_size_for(args.variant)
     if image_size is None and target.from_run:
         image_size = DEFAULT_IMAGE_SIZE.get(dataset)

@@ -34,7 +34,7 @@ from search.core.atomic import append_line
 from search.core.errors import MeasurementError, NasdeployError, one_line
 from search.core.jsonio import loads_json, read_limited
 from search.runtime.host import cpu_model, onnxruntime_version, package_version
-from search.runtime.repeatable import RETRIES, SPREAD_LIMIT, RepeatableMeasurement, time_onnx_model
+from search.runtime.repeatable import RETRIES, SPREAD_LIMIT, time_onnx_model
 from search.runtime.sessions import (
     SessionSettings,
     create_session,
@@ -198,39 +198,13 @@ class LatencyMeter:
         Raises:
             MeasurementError: the deployment model could not be built, exported or run.
         """
-        start = time.perf_counter()
         s = self.settings
-        try:
-            model, macs, params = build_deployment_model(genotype, s.scale, s.num_classes, self.image_size)
-            with tempfile.TemporaryDirectory(prefix="nasdeploy-latency-") as tmp:
-                path = export_deployment_model(model, Path(tmp) / "model.onnx", self.image_size)
-                timing = self._time(path, Path(tmp))
-        except NasdeployError as exc:
-            if isinstance(exc, MeasurementError) or s.device != "tensorrt":
-                raise
-            raise MeasurementError(str(exc)) from None  # TensorRT rejected this candidate
-        except Exception as exc:  # one candidate's failure, reported on one line
-            raise MeasurementError(f"cannot measure latency: {one_line(exc)}") from None
+        def build() -> tuple[torch.nn.Module, int, int]:
+            return build_deployment_model(genotype, s.scale, s.num_classes, self.image_size)
+
+        cost = measure_module(build, s, self.image_size, trt_cache=self._trt_cache)
         self.measurements += 1
-        m = timing.measurement
-        return DeploymentCost(
-            latency_ms=m.stats.median_ms, macs=macs, params=params,
-            measure_time_s=round(time.perf_counter() - start, 3), provider=m.provider or "",
-            latency_p90_ms=timing.p90_ms, timed_runs=m.stats.count, threads=m.threads,
-            latency_p10_ms=timing.p10_ms, attempts=timing.attempts, precision=s.precision,
-        )
-
-    def _time(self, path: Path, workdir: Path) -> RepeatableMeasurement:
-        s = self.settings
-        if s.device == "tensorrt":
-            from search.runtime.tensorrt import time_onnx_tensorrt
-
-            return time_onnx_tensorrt(path, cache=self._trt_cache, warmup=s.warmup, repeats=s.repeats,
-                                      max_time_s=s.max_time_s, spread_limit=s.spread_limit,
-                                      retries=s.retries, workdir=workdir).timing
-        return time_onnx_model(path, device=s.device, threads=s.threads, warmup=s.warmup,
-                               repeats=s.repeats, max_time_s=s.max_time_s, spread_limit=s.spread_limit,
-                               retries=s.retries)
+        return cost
 
     def _read_cache(self) -> dict[str, DeploymentCost]:
         cache: dict[str, DeploymentCost] = {}
@@ -310,6 +284,47 @@ class PredictedMeter:
 
     def __len__(self) -> int:
         return len(self._costs)
+
+
+def measure_module(build: Any, settings: LatencySettings, image_size: int, *,
+                   trt_cache: Any = None) -> DeploymentCost:
+    """Build a deployment model with ``build() -> (module, macs, params)``, export it at batch 1
+    and time it on ``settings.device`` (ONNX Runtime, or a TensorRT fp16 engine with the
+    builder's ``trt_cache``). The one measuring path of :class:`LatencyMeter` and of automatic
+    scaling (:mod:`search.evaluation.autoscale`), for genotypes and baselines alike.
+
+    Raises:
+        MeasurementError: the model could not be built, exported or run (one line).
+    """
+    start = time.perf_counter()
+    s = settings
+    try:
+        model, macs, params = build()
+        with tempfile.TemporaryDirectory(prefix="nasdeploy-latency-") as tmp:
+            path = export_deployment_model(model, Path(tmp) / "model.onnx", image_size)
+            if s.device == "tensorrt":
+                from search.runtime.tensorrt import time_onnx_tensorrt
+
+                timing = time_onnx_tensorrt(path, cache=trt_cache, warmup=s.warmup, repeats=s.repeats,
+                                            max_time_s=s.max_time_s, spread_limit=s.spread_limit,
+                                            retries=s.retries, workdir=Path(tmp)).timing
+            else:
+                timing = time_onnx_model(path, device=s.device, threads=s.threads, warmup=s.warmup,
+                                         repeats=s.repeats, max_time_s=s.max_time_s,
+                                         spread_limit=s.spread_limit, retries=s.retries)
+    except NasdeployError as exc:
+        if isinstance(exc, MeasurementError) or s.device != "tensorrt":
+            raise
+        raise MeasurementError(str(exc)) from None  # TensorRT rejected this model
+    except Exception as exc:  # one model's failure, reported on one line
+        raise MeasurementError(f"cannot measure latency: {one_line(exc)}") from None
+    m = timing.measurement
+    return DeploymentCost(
+        latency_ms=m.stats.median_ms, macs=int(macs), params=int(params),
+        measure_time_s=round(time.perf_counter() - start, 3), provider=m.provider or "",
+        latency_p90_ms=timing.p90_ms, timed_runs=m.stats.count, threads=m.threads,
+        latency_p10_ms=timing.p10_ms, attempts=timing.attempts, precision=s.precision,
+    )
 
 
 def _gpu_name(device: str) -> str | None:

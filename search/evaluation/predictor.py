@@ -317,7 +317,16 @@ class Predictor:
 
     def predict(self, genotype: Genotype) -> float:
         """Predicted latency in milliseconds."""
-        x = features(genotype, self.target.scale())[None, :]
+        return self.predict_at(genotype, self.target.scale())
+
+    def predict_at(self, genotype: Genotype, scale: Scale) -> float:
+        """Predicted latency of ``genotype`` built at ``scale``, in milliseconds.
+
+        At another N@F than the fitted target this extrapolates: the features (per-op counts,
+        MACs and output elements) follow the scale, but the fit only saw one; automatic
+        scaling (``search.scale``) marks such figures as extrapolated.
+        """
+        x = features(genotype, scale)[None, :]
         return float(_predict(self.fitted, x)[0])
 
     def check_target(

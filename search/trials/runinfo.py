@@ -49,6 +49,8 @@ class RunTarget:
         num_classes: its classifier outputs.
         accuracy, latency_ms: the proxy accuracy and latency the search recorded.
         selected: the genotype is the run's selection (not another ``--trial``).
+        auto_variant, auto_image_size: the N@F and input size ``search.scale`` chose for a
+            latency budget (``metadata.scale``), what ``--variant auto`` builds.
     """
 
     source: str
@@ -64,6 +66,8 @@ class RunTarget:
     accuracy: float | None = None
     latency_ms: float | None = None
     selected: bool = True
+    auto_variant: str | None = None
+    auto_image_size: int | None = None
 
     @property
     def from_run(self) -> bool:
@@ -122,7 +126,10 @@ def _settings(metadata: dict[str, Any]) -> dict[str, Any]:
     if image_size is None and variant is not None:
         if variant.strip().lower() in VARIANTS:
             image_size = parse_scale(variant).image_size
+    scaled = _dict(metadata.get("scale"))
     return {
+        "auto_variant": _str_or_none(scaled.get("variant")),
+        "auto_image_size": _int_or_none(scaled.get("image_size")),
         "dataset": _str_or_none(config.get("dataset")) or _str_or_none(metadata.get("dataset")),
         "data_dir": _str_or_none(config.get("data_dir")),
         "variant": variant,
