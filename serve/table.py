@@ -71,7 +71,8 @@ DEFINITIONS = {
     "depth": "the most weighted layers (Conv, Gemm, MatMul) that one path from the input to the output "
              "of the ONNX graph passes through",
     "accuracy": "as recorded at export: fp32 from the model card (the test accuracy of training); fp16 and "
-                "int8 on the n held-out images export.onnx compared the precisions on",
+                "int8 on the n held-out images export.onnx compared the precisions on, with fp32's score on "
+                "the same images",
     "p50/p90": "batch-1 latency on this machine (Runtime.predict of a random image, preprocessing "
                "excluded): 50th and 90th percentile of every timed run of every round",
 }
@@ -326,9 +327,10 @@ def time_rows(rows: list[TableModel], settings: TableSettings,
                                  "round_medians_ms": medians[slot], "provider": described.get("provider"),
                                  "threads": described.get("intra_op_threads")}
                 if progress is not None:
+                    rounds = f"{settings.rounds} round{'s' if settings.rounds != 1 else ''}"
                     progress(f"[{done}/{len(slots)}] {title_of(rows[slot[0]].card, rows[slot[0]].path)} "
                              f"{slot[1]}: p50 {stats.median_ms:.3f} ms, p90 {stats.p90_ms:.3f} ms "
-                             f"({stats.count} runs in {settings.rounds} rounds)")
+                             f"({stats.count} runs in {rounds})")
     return results
 
 

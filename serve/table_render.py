@@ -110,7 +110,9 @@ def markdown_cells(document: dict[str, Any]) -> list[list[str]]:
             entry = model["precisions"].get(precision) or {}
             accuracy = _percent(entry.get("accuracy"))
             if entry.get("accuracy") is not None and entry.get("accuracy_images"):
-                accuracy += f" (n={entry['accuracy_images']})"
+                same = entry.get("accuracy_fp32_same_images")
+                accuracy += f" (n={entry['accuracy_images']}" + (
+                    f"; fp32 {_percent(same)})" if same is not None else ")")
             cells += [accuracy, _ms(entry.get("p50_ms")), _ms(entry.get("p90_ms"))]
         rows.append(cells)
     return rows

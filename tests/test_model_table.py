@@ -122,7 +122,7 @@ def test_markdown_csv_json_and_plot_are_written(made):
     markdown = (out / table_render.MD_NAME).read_text()
     header = "| " + " | ".join(table_render.markdown_header(made.document)) + " |"
     assert header in markdown and markdown.count("\n| ") == 2 + 3  # header, rule, a row per model
-    assert "| LeNet-5 | baseline |" in markdown and "(ONNX)" in markdown and "(n=64)" in markdown
+    assert "| LeNet-5 | baseline |" in markdown and "(ONNX)" in markdown and "(n=64; fp32 " in markdown
     rows = list(csv.DictReader(io.StringIO((out / table_render.CSV_NAME).read_text())))
     assert [r["kind"] for r in rows] == ["baseline", "searched", "nasnet-a"]
     for column in ("model", "size_mb", "params", "macs", "depth", "fp32_accuracy", "fp32_p50_ms",
