@@ -9,8 +9,8 @@ import pytest
 
 from search.core import cli
 
-CLIS = ("search.run", "search.train", "search.select", "search.score", "search.info", "export.onnx",
-        "export.tensorrt", "serve.predict", "serve.bench", "serve.http")
+CLIS = ("search.run", "search.train", "search.select", "search.score", "search.info", "search.scale",
+        "export.onnx", "export.tensorrt", "serve.predict", "serve.bench", "serve.http")
 UNIT_TYPES = {cli.latency_ms: "ms", cli.duration_s: "s", cli.size_bytes: "M", cli.count: "M"}
 
 
