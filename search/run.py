@@ -59,11 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--child-scale", metavar="N@F", help="proxy network size, 8 channels per op by default; F is at "
                                              "least 48 for 5-block cells (default: 1@192)")
     add("--child-image-size", type=cli.positive_int, metavar="PX",
-        help="side the proxy child trains at, at most the data's (default: 16 for CIFAR, the data's "
-             "otherwise)")
+        help="side the proxy child trains at, at most the data's (default: the data's, 32 for CIFAR)")
     add("--child-epochs", type=cli.positive_int, metavar="E", help="training epochs per child (default: 1)")
     add("--child-train-size", type=cli.positive_int, metavar="K",
-        help="train each child on K images (default: 5000 for CIFAR, all for digits and image folders)")
+        help="train each child on K images (default: 2500 for CIFAR, all for digits and image folders)")
     add("--image-size", type=cli.positive_int, metavar="PX",
         help="input side in pixels (default: the dataset's, digits 16, CIFAR 32)")
     add("--target-variant", metavar="V", help="deployment scale latency is measured at: cifar (6@768), "

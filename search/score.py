@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training epochs per child (default: the run's, else 1)")
     add("--child-train-size", type=cli.positive_int, metavar="K",
         help="train each child on K images (default: the run's, else the search's default for the "
-             "dataset: 5000 for CIFAR, all for digits and image folders)")
+             "dataset: 2500 for CIFAR, all for digits and image folders)")
     add("--child-image-size", type=cli.positive_int, metavar="PX",
         help="side the child trains at, when smaller than the data's (default: the run's, else the "
              "search's default for the dataset)")

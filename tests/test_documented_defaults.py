@@ -97,3 +97,20 @@ def test_readme_search_flags_agree_with_docs() -> None:
     for flag, default in re.findall(r"\| `(--[\w-]+)[^`]*` \| `?([^`|]+?)`? \|", readme):
         if flag in rows and SIMPLE.match(default):
             assert rows[flag] == default, f"README says {flag} defaults to {default}, docs say {rows[flag]}"
+
+
+def test_fidelity_benchmark_proxy_row_is_the_search_default() -> None:
+    """The fidelity table's ``proxy`` row measures what ``search.run --dataset cifar10`` uses."""
+    import importlib.util
+
+    from search.experiment.session import CHILD_DEFAULTS
+
+    spec = importlib.util.spec_from_file_location("evaluator_fidelity",
+                                                  ROOT / "benchmarks" / "evaluator_fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    row = module.EVALUATORS["proxy"]
+    for dataset in ("cifar10", "cifar100"):
+        default = CHILD_DEFAULTS[dataset]
+        assert (row["scale"], row["epochs"], row["train_size"], row["image_size"]) == (
+            default.scale, default.epochs, default.train_size, default.image_size), dataset
