@@ -224,6 +224,8 @@ EVALUATORS: dict[str, dict[str, Any]] = {
                        "train_size": 5000},
     "proxy-old": {"kind": "proxy", **PROXY_OLD},
     "oneshot": {"kind": "oneshot", "image_size": 16},
+    # the same supernet trained and scored at the full 32 px (4x the cost per step)
+    "oneshot-32px": {"kind": "oneshot", "image_size": 32},
 }
 """Every evaluator the table reports, with its settings (seeds 0 and 1 each)."""
 
@@ -247,8 +249,10 @@ def oneshot_evaluator(data: Any, spec: dict[str, Any], seed: int) -> tuple[Any, 
     """A trained supernet for ``seed`` (resumed from its checkpoint) and its training seconds."""
     from search.evaluation.oneshot import OneShotEvaluator, supernet_settings
 
-    settings = supernet_settings("cifar10", seed=seed, device="cpu")
-    checkpoint = ROOT / "runs" / "fidelity-oneshot" / f"seed{seed}" / "supernet.pt"
+    settings = supernet_settings("cifar10", seed=seed, device="cpu", image_size=spec["image_size"])
+    default = spec["image_size"] == supernet_settings("cifar10").image_size
+    folder = "fidelity-oneshot" if default else f"fidelity-oneshot-{spec['image_size']}px"
+    checkpoint = ROOT / "runs" / folder / f"seed{seed}" / "supernet.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     evaluator = OneShotEvaluator(data, settings, checkpoint, blocks=5)
     evaluator.prepare(progress=True)  # resumes a checkpoint cut short by a kill
@@ -262,7 +266,7 @@ def row_settings(name: str) -> dict[str, Any]:
     if spec["kind"] == "oneshot":
         from search.evaluation.oneshot import SUPERNET_VERSION, supernet_settings
 
-        settings = supernet_settings("cifar10")
+        settings = supernet_settings("cifar10", image_size=spec["image_size"])
         training = settings.training()
         training.pop("seed")
         spec.update(supernet=training, supernet_version=SUPERNET_VERSION,

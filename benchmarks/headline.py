@@ -221,11 +221,11 @@ def _search_cost(searched: Path) -> dict[str, Any]:
     """Seconds the search behind (a) took: its supernet's training and the run itself."""
     config = _read(searched / "config.json") if (searched / "config.json").is_file() else {}
     bench = searched / "bench_seconds.txt"
-    fidelity = ROOT / "benchmarks" / "results" / "evaluator_fidelity.json"
     supernet_s = None
-    if fidelity.is_file():
-        rows = [r for r in _read(fidelity)["rows"] if r["evaluator"] == "oneshot"]
-        supernet_s = rows[0]["supernet_train_s"] if rows else None
+    if (searched / "supernet.pt").is_file():  # the seconds its supernet trained, as it recorded them
+        from search.evaluation.oneshot import read_supernet
+
+        supernet_s = round(read_supernet(searched / "supernet.pt")["seconds"], 1)
     trials = (
         sum(1 for line in (searched / "trials.jsonl").read_text().splitlines() if line.strip())
         if (searched / "trials.jsonl").is_file()
@@ -319,6 +319,18 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['title']} | {r['scale']} | {acc} | {seeds} | {p50} | {p90} | {r['macs'] / 1e6:.1f} | "
             f"{r['params'] / 1e6:.3f} |"
+        )
+    search = result.get("search", {})
+    if search.get("search_s") is not None:
+        supernet = search.get("supernet_train_s")
+        lines.append("")
+        lines.append(
+            f"The search behind the searched cell: {search.get('strategy')} with the {search.get('evaluator')} evaluator, "
+            f"{search.get('trials')} candidates and re-ranking in {search['search_s'] / 60:.0f} min of one "
+            "core"
+            + (f", after a supernet trained in {supernet / 60:.0f} min (shared by every search of the "
+               "strategy benchmark)" if supernet else "")
+            + "."
         )
     return "\n".join(lines)
 

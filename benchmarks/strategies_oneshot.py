@@ -119,7 +119,11 @@ def summarise(run: Path, truth: dict[str, Any] | None) -> dict[str, Any]:
     trials = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines() if line.strip()]
     winner = next((t for t in trials if t.get("trial") == meta.get("trial")), {})
     seconds = run / "bench_seconds.txt"
+    rewards = [t["reward"] for t in trials if t.get("reward") is not None]
     return {"run": run.name, "trial": meta.get("trial"), "search_accuracy": winner.get("accuracy"),
+            # does the strategy learn? mean search reward of its first and last 100 candidates
+            "reward_first100": round(statistics.mean(rewards[:100]), 4) if rewards else None,
+            "reward_last100": round(statistics.mean(rewards[-100:]), 4) if rewards else None,
             "rerank_accuracy": winner.get("rerank_accuracy"), "latency_ms": meta.get("latency_ms"),
             "trials": len(trials), "distinct": len({Genotype.from_dict(t["genotype"]).key() for t in trials}),
             "reference_accuracy": truth["accuracy"] if truth else None,
@@ -128,7 +132,8 @@ def summarise(run: Path, truth: dict[str, Any] | None) -> dict[str, Any]:
 
 def table(rows: dict[str, list[dict[str, Any]]]) -> str:
     lines = ["| strategy | runs | winner's reference accuracy (mean +- std) | search score | re-ranked | "
-             "winner latency ms | s / run |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "winner latency ms | reward, first / last 100 candidates | s / run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for strategy, runs in rows.items():
         ref = [r["reference_accuracy"] for r in runs if r["reference_accuracy"] is not None]
 
@@ -139,7 +144,8 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> str:
         spread = f"{statistics.mean(ref):.4f} +- {statistics.stdev(ref):.4f}" if len(ref) > 1 else (
             f"{ref[0]:.4f}" if ref else "–")
         lines.append(f"| {strategy} | {len(runs)} | {spread} | {mean('search_accuracy')} | "
-                     f"{mean('rerank_accuracy')} | {mean('latency_ms')} | {mean('seconds')} |")
+                     f"{mean('rerank_accuracy')} | {mean('latency_ms')} | "
+                     f"{mean('reward_first100')} / {mean('reward_last100')} | {mean('seconds')} |")
     return "\n".join(lines)
 
 

@@ -168,6 +168,8 @@ def test_searches_share_one_supernet_and_its_data_split(predictor: Path, superne
         assert (run / "supernet.pt").read_bytes() == supernet.read_bytes()  # the run keeps its copy
         records = read_history(run / HISTORY_NAME)
         assert len(records) == 4 and all(0.0 <= r.accuracy <= 1.0 for r in records)
+        kind = json.loads((run / GENOTYPE_NAME).read_text())["metadata"]["accuracy_kind"]
+        assert "one-shot supernet" in kind  # not called a proxy child's accuracy
     # both runs score on the validation images the supernet never trained on: the same split
     scores = []
     for seed in (1, 2):

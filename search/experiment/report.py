@@ -105,6 +105,14 @@ def _facts(records: Sequence[TrialRecord], ctx: ReportContext) -> tuple[str, str
     return strategy or "?", device or "?", target or "?"
 
 
+def accuracy_kind(ctx: ReportContext) -> str:
+    """What the run's accuracies are: a proxy child's or inherited from the one-shot supernet."""
+    config = ctx.settings.get("config")
+    if isinstance(config, dict) and config.get("evaluator") == "oneshot":
+        return "validation accuracy with weights inherited from the one-shot supernet"
+    return "validation accuracy of the proxy child"
+
+
 def run_strategy(records: Sequence[TrialRecord], ctx: ReportContext) -> str:
     """The strategy that produced the run (``?`` when nothing says)."""
     return _facts(records, ctx)[0]
@@ -275,7 +283,8 @@ def pareto_figure(records: Sequence[TrialRecord], ctx: ReportContext,
     ax = fig.add_subplot()
     ax.set_title(_title("accuracy vs latency", records, ctx), fontsize=10, pad=16)
     ax.set_xlabel("latency of the deployment model (ms, batch 1)")
-    ax.set_ylabel("validation accuracy (proxy child)")
+    ax.set_ylabel("validation accuracy (one-shot supernet)" if "one-shot" in accuracy_kind(ctx)
+                  else "validation accuracy (proxy child)")
     ax.grid(alpha=0.3)
     points = measured(records)
     failed = [r for r in records
@@ -420,7 +429,7 @@ def best_metadata(best: Selection, ctx: ReportContext,
     ``search_choice`` (the trial the search alone selected) with ``rerank_changed_winner``.
     """
     r = best.record
-    meta = {"accuracy": r.accuracy, "accuracy_kind": "validation accuracy of the proxy child",
+    meta = {"accuracy": r.accuracy, "accuracy_kind": accuracy_kind(ctx),
             "latency_ms": r.latency_ms, "macs": r.macs, "params": r.params,
             "reward": r.reward, "feasible": best.feasible, "selection": best.note,
             "trial": r.trial, "strategy": r.strategy, "dataset": ctx.dataset,
