@@ -409,7 +409,8 @@ def _seed_tau(seeds: dict[str, dict[int, float]]) -> float | None:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| evaluator | setting | tau vs truth (mean of 2 seeds) | 95% interval | tau per seed | rho | "
-             "tau seed 0 vs 1 | CPU s / candidate |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "tau seed 0 vs 1 | CPU s / candidate |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         spec = r["settings"]
         setting = (f"{spec['scale']} {spec['image_size']} px, {spec['epochs']} ep, "

@@ -5,7 +5,9 @@ pinned thread, fp32, 32 px) and trained the same way on CIFAR-10, two seeds each
 
 (a) the cell found by a search with the one-shot evaluator and the latency predictor
     (default: the RL run of the strategy benchmark, ``runs/bench-strategies-oneshot/rl-s0``,
-    the default strategy, seed 0), scaled with automatic N@F (``python -m search.scale``);
+    the default strategy, seed 0; without it, that run's committed genotype,
+    ``benchmarks/panels/headline_searched_cell.json``), scaled with automatic N@F
+    (``python -m search.scale``);
 (b) NASNet-A, scaled the same way;
 (c) MobileNetV2, its width multiplier scaled to the same budget (``search.scale --model``).
 
@@ -49,6 +51,8 @@ from search.core.atomic import atomic_write_text  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "headline.json"
 DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10.npz"
 DEFAULT_SEARCHED = ROOT / "runs" / "bench-strategies-oneshot" / "rl-s0"
+COMMITTED_SEARCHED = ROOT / "benchmarks" / "panels" / "headline_searched_cell.json"
+"""The genotype.json of the run behind the committed table, so a clone repeats it without the run."""
 MODELS = ("searched", "nasnet-a", "mobilenet_v2")
 TITLES = {
     "searched": "searched cell (one-shot + predictor, RL)",
@@ -219,6 +223,13 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _search_cost(searched: Path) -> dict[str, Any]:
     """Seconds the search behind (a) took: its supernet's training and the run itself."""
+    if searched.is_file():  # a genotype file: what its metadata says of the search
+        meta = _read(searched).get("metadata", {})
+        config = meta.get("search", {}).get("config", {})
+        return {"run": str(searched.relative_to(ROOT)) if searched.is_relative_to(ROOT) else str(searched),
+                "strategy": config.get("strategy"), "evaluator": config.get("evaluator"),
+                "trials": config.get("trials"), "search_s": None,
+                "supernet_train_s": meta.get("search", {}).get("setup_time_s")}
     config = _read(searched / "config.json") if (searched / "config.json").is_file() else {}
     bench = searched / "bench_seconds.txt"
     supernet_s = None
@@ -325,7 +336,8 @@ def table(result: dict[str, Any]) -> str:
         supernet = search.get("supernet_train_s")
         lines.append("")
         lines.append(
-            f"The search behind the searched cell: {search.get('strategy')} with the {search.get('evaluator')} evaluator, "
+            f"The search behind the searched cell: {search.get('strategy')} with the "
+            f"{search.get('evaluator')} evaluator, "
             f"{search.get('trials')} candidates and re-ranking in {search['search_s'] / 60:.0f} min of one "
             "core"
             + (f", after a supernet trained in {supernet / 60:.0f} min (shared by every search of the "
@@ -344,16 +356,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-size", type=int, default=10000)
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (one thread each)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    parser.add_argument("--searched", type=Path, default=DEFAULT_SEARCHED, help="the search run behind (a)")
+    parser.add_argument("--searched", type=Path, default=None,
+                        help="the search run behind (a), or its genotype.json (default: the strategy "
+                             f"benchmark's rl-s0 run when present, else {COMMITTED_SEARCHED.name})")
     parser.add_argument("--data", type=Path, default=DEFAULT_CIFAR)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "headline")
     args = parser.parse_args(argv)
+    if args.searched is None:
+        args.searched = DEFAULT_SEARCHED if DEFAULT_SEARCHED.is_dir() else COMMITTED_SEARCHED
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     if args.command == "run":
         if not args.data.is_file():
             sys.exit(f"error: the headline experiment needs CIFAR-10 at {args.data}")
-        if not (args.searched / "genotype.json").is_file():
+        if not (args.searched / "genotype.json").is_file() and not args.searched.is_file():
             sys.exit(
                 f"error: no search run at {args.searched}: run benchmarks/strategies_oneshot.py or give "
                 "--searched"
