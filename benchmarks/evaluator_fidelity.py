@@ -370,7 +370,7 @@ def write_table() -> dict[str, Any]:
                 if "supernet_train_s" in r:
                     trained.append(r["supernet_train_s"])
         names = sorted(n for n in truth if all(n in s for s in per_seed.values()))
-        if len(per_seed) < 2 or len(names) < 5:
+        if not per_seed or len(names) < 5:  # an evaluator with one seed so far is shown as such
             continue
         gt = [truth[n] for n in names]
         mean = [statistics.mean(per_seed[s][n] for s in per_seed) for n in names]
@@ -378,14 +378,16 @@ def write_table() -> dict[str, Any]:
         full = [i for i, n in enumerate(names) if n in complete]
         tau_full = _tau([mean[i] for i in full], [gt[i] for i in full])[0] if len(full) >= 5 else None
         seed_taus = [_tau([per_seed[s][n] for n in names], gt)[0] for s in sorted(per_seed)]
-        self_tau = _tau([per_seed[0][n] for n in names], [per_seed[1][n] for n in names])[0]
+        self_tau = (_tau([per_seed[0][n] for n in names], [per_seed[1][n] for n in names])[0]
+                    if {0, 1} <= set(per_seed) else None)
         rows.append({"evaluator": name, "settings": spec, "genotypes": len(names),
                      "kendall_tau": round(tau, 3), "kendall_tau_ci95": _tau_interval(mean, gt),
                      "spearman_rho": round(rho, 3),
                      "kendall_tau_two_seed_truth": None if tau_full is None else round(tau_full, 3),
                      "two_seed_truth_genotypes": len(full),
                      "kendall_tau_per_seed": [round(t, 3) for t in seed_taus],
-                     "kendall_tau_seed0_vs_seed1": round(self_tau, 3),
+                     "kendall_tau_seed0_vs_seed1": None if self_tau is None else round(self_tau, 3),
+                     "seeds": sorted(per_seed),
                      "seconds_per_candidate": round(statistics.median(seconds), 2),
                      "supernet_train_s": round(max(trained), 1) if trained else None})
     result = {"command": "python benchmarks/evaluator_fidelity.py evaluate",
@@ -407,8 +409,12 @@ def _seed_tau(seeds: dict[str, dict[int, float]]) -> float | None:
     return round(_tau([v[0] for v in both], [v[1] for v in both])[0], 3)
 
 
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| evaluator | setting | tau vs truth (mean of 2 seeds) | 95% interval | tau per seed | rho | "
+    lines = ["| evaluator | setting | tau vs truth (mean of its seeds) | 95% interval | tau per seed | rho | "
              "tau seed 0 vs 1 | CPU s / candidate |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -420,7 +426,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         low, high = r["kendall_tau_ci95"]
         lines.append(f"| {r['evaluator']} | {setting} | {r['kendall_tau']:.2f} | {low:.2f} to {high:.2f} | "
                      f"{' / '.join(f'{t:.2f}' for t in r['kendall_tau_per_seed'])} | "
-                     f"{r['spearman_rho']:.2f} | {r['kendall_tau_seed0_vs_seed1']:.2f} | "
+                     f"{r['spearman_rho']:.2f} | {_cell(r['kendall_tau_seed0_vs_seed1'])} | "
                      f"{r['seconds_per_candidate']:.1f} |")
     return "\n".join(lines)
 
