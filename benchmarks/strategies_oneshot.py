@@ -12,7 +12,8 @@ Each run's winner (after re-ranking) is then trained at the fidelity benchmark's
 setting (1@288, 32 px, 6,000 images, 3 epochs, scored on 5,000 test images; seed 0), cached
 by genotype key, so equal winners are trained once. The table: mean +- std over seeds of the
 winners' reference accuracy per strategy, the search's own scores, the winners' predicted
-latency, and seconds per run.
+latency, and seconds per run; then one line per run, and each strategy against random
+search (seed pairs won, exact one-sided Mann-Whitney p).
 
     python benchmarks/strategies_oneshot.py                          # 4 strategies x 3 seeds x 300
     python benchmarks/strategies_oneshot.py --strategies rl random --seeds 0 --trials 50   # a smoke
@@ -149,6 +150,47 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def against_random(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each strategy's winners against random search's, at the reference setting.
+
+    Seed pairs it wins, and the exact one-sided Mann-Whitney p-value (scipy): with 3 seeds
+    each the smallest possible p is 0.05, so only a clean sweep can be called significant.
+    """
+    from scipy.stats import mannwhitneyu
+
+    base = [r["reference_accuracy"] for r in rows.get("random", []) if r["reference_accuracy"] is not None]
+    out = []
+    for strategy, runs in rows.items():
+        ours = [r["reference_accuracy"] for r in runs if r["reference_accuracy"] is not None]
+        if strategy == "random" or not ours or not base:
+            continue
+        wins = sum((a > b) + 0.5 * (a == b) for a in ours for b in base)
+        p = mannwhitneyu(ours, base, alternative="greater", method="exact").pvalue
+        out.append({"strategy": strategy, "pairs_won": wins, "pairs": len(ours) * len(base),
+                    "difference": round(statistics.mean(ours) - statistics.mean(base), 4),
+                    "p_one_sided": round(float(p), 3)})
+    return out
+
+
+def runs_table(rows: dict[str, list[dict[str, Any]]]) -> str:
+    """One line per run: the seeds behind the means."""
+    lines = ["| run | winner trial | search score | re-ranked | reference accuracy | latency ms | "
+             "reward, first / last 100 | distinct | s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def fmt(value: Any, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    for runs in rows.values():
+        for r in runs:
+            lines.append(f"| {r['run']} | {r['trial']} | {fmt(r['search_accuracy'], '.4f')} | "
+                         f"{fmt(r['rerank_accuracy'], '.4f')} | {fmt(r['reference_accuracy'], '.4f')} | "
+                         f"{fmt(r['latency_ms'], '.3f')} | {fmt(r['reward_first100'], '.4f')} / "
+                         f"{fmt(r['reward_last100'], '.4f')} | {r['distinct']} | "
+                         f"{fmt(r['seconds'], '.0f')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", nargs="?", choices=("run", "table"), default="run")
@@ -196,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
 
         from search.space.genotype import load_genotype
 
+        if args.budget == "auto" and (work / "latency_profile" / "measurements.json").is_file():
+            args.budget = median_budget(work)
+
         truths = {r["genotype"]: r for r in ef.read_jsonl(TRUTH)}
         for strategy in args.strategies:
             for seed in args.seeds:
@@ -204,11 +249,16 @@ def main(argv: list[str] | None = None) -> None:
                     key = load_genotype(run / "genotype.json").key()
                     rows[strategy].append(summarise(run, truths.get(key)))
     text = table(rows)
-    print(text)
+    versus = against_random(rows)
+    print(text + "\n\n" + runs_table(rows))
+    for v in versus:
+        print(f"{v['strategy']} vs random: {v['difference'] * 100:+.1f} points, wins {v['pairs_won']:g} of "
+              f"{v['pairs']} seed pairs, Mann-Whitney one-sided p = {v['p_one_sided']:.2f}")
     atomic_write_text(TABLE, json.dumps({"command": "python benchmarks/strategies_oneshot.py",
                                          "target": TARGET, "image_size": TARGET_PX, "budget": args.budget,
                                          "trials": args.trials, "supernet": str(args.supernet),
-                                         "rows": rows, "cpu": platform.processor() or platform.machine()},
+                                         "rows": rows, "against_random": versus,
+                                         "cpu": platform.processor() or platform.machine()},
                                         indent=2) + "\n")
 
 
