@@ -12,8 +12,9 @@ Each run's winner (after re-ranking) is then trained at the fidelity benchmark's
 setting (1@288, 32 px, 6,000 images, 3 epochs, scored on 5,000 test images; seed 0), cached
 by genotype key, so equal winners are trained once. The table: mean +- std over seeds of the
 winners' reference accuracy per strategy, the search's own scores, the winners' predicted
-latency, and seconds per run; then one line per run, and each strategy against random
-search (seed pairs won, exact one-sided Mann-Whitney p).
+latency, and seconds per run; then one line per run, Kendall tau of the winners' search and
+re-ranked scores with their reference accuracy, and each strategy against random search
+(seed pairs won, exact one-sided Mann-Whitney p).
 
     python benchmarks/strategies_oneshot.py                          # 4 strategies x 3 seeds x 300
     python benchmarks/strategies_oneshot.py --strategies rl random --seeds 0 --trials 50   # a smoke
@@ -172,6 +173,20 @@ def against_random(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
     return out
 
 
+def winner_taus(rows: dict[str, list[dict[str, Any]]]) -> dict[str, float | None]:
+    """Across all winners: does the search's score, or re-ranking's, predict the reference accuracy?"""
+    from scipy.stats import kendalltau
+
+    runs = [r for group in rows.values() for r in group if r["reference_accuracy"] is not None]
+    ref = [r["reference_accuracy"] for r in runs]
+    out: dict[str, float | None] = {}
+    for key in ("search_accuracy", "rerank_accuracy"):
+        values = [r[key] for r in runs]
+        ok = len(runs) > 2 and None not in values
+        out[key] = round(float(kendalltau(values, ref).statistic), 3) if ok else None
+    return out
+
+
 def runs_table(rows: dict[str, list[dict[str, Any]]]) -> str:
     """One line per run: the seeds behind the means."""
     lines = ["| run | winner trial | search score | re-ranked | reference accuracy | latency ms | "
@@ -251,13 +266,16 @@ def main(argv: list[str] | None = None) -> None:
     text = table(rows)
     versus = against_random(rows)
     print(text + "\n\n" + runs_table(rows))
+    taus = winner_taus(rows)
+    print(f"Kendall tau with the winners' reference accuracy: search score {taus['search_accuracy']}, "
+          f"re-ranked score {taus['rerank_accuracy']}")
     for v in versus:
         print(f"{v['strategy']} vs random: {v['difference'] * 100:+.1f} points, wins {v['pairs_won']:g} of "
               f"{v['pairs']} seed pairs, Mann-Whitney one-sided p = {v['p_one_sided']:.2f}")
     atomic_write_text(TABLE, json.dumps({"command": "python benchmarks/strategies_oneshot.py",
                                          "target": TARGET, "image_size": TARGET_PX, "budget": args.budget,
                                          "trials": args.trials, "supernet": str(args.supernet),
-                                         "rows": rows, "against_random": versus,
+                                         "rows": rows, "against_random": versus, "winner_tau": taus,
                                          "cpu": platform.processor() or platform.machine()},
                                         indent=2) + "\n")
 
