@@ -223,13 +223,13 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _search_cost(searched: Path) -> dict[str, Any]:
     """Seconds the search behind (a) took: its supernet's training and the run itself."""
+    run = str(searched.relative_to(ROOT)) if searched.is_relative_to(ROOT) else str(searched)
     if searched.is_file():  # a genotype file: what its metadata says of the search
-        meta = _read(searched).get("metadata", {})
-        config = meta.get("search", {}).get("config", {})
-        return {"run": str(searched.relative_to(ROOT)) if searched.is_relative_to(ROOT) else str(searched),
-                "strategy": config.get("strategy"), "evaluator": config.get("evaluator"),
+        search = _read(searched).get("metadata", {}).get("search", {})
+        config = search.get("config", {})
+        return {"run": run, "strategy": config.get("strategy"), "evaluator": config.get("evaluator"),
                 "trials": config.get("trials"), "search_s": None,
-                "supernet_train_s": meta.get("search", {}).get("setup_time_s")}
+                "supernet_train_s": search.get("setup_time_s")}
     config = _read(searched / "config.json") if (searched / "config.json").is_file() else {}
     bench = searched / "bench_seconds.txt"
     supernet_s = None
@@ -243,7 +243,7 @@ def _search_cost(searched: Path) -> dict[str, Any]:
         else None
     )
     return {
-        "run": str(searched.relative_to(ROOT)) if searched.is_relative_to(ROOT) else str(searched),
+        "run": run,
         "strategy": config.get("strategy"),
         "evaluator": config.get("evaluator"),
         "trials": trials,

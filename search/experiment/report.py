@@ -105,10 +105,15 @@ def _facts(records: Sequence[TrialRecord], ctx: ReportContext) -> tuple[str, str
     return strategy or "?", device or "?", target or "?"
 
 
+def _oneshot(ctx: ReportContext) -> bool:
+    """Whether the run scored its candidates with the one-shot supernet (else proxy children)."""
+    config = ctx.settings.get("config")
+    return isinstance(config, dict) and config.get("evaluator") == "oneshot"
+
+
 def accuracy_kind(ctx: ReportContext) -> str:
     """What the run's accuracies are: a proxy child's or inherited from the one-shot supernet."""
-    config = ctx.settings.get("config")
-    if isinstance(config, dict) and config.get("evaluator") == "oneshot":
+    if _oneshot(ctx):
         return "validation accuracy with weights inherited from the one-shot supernet"
     return "validation accuracy of the proxy child"
 
@@ -283,7 +288,7 @@ def pareto_figure(records: Sequence[TrialRecord], ctx: ReportContext,
     ax = fig.add_subplot()
     ax.set_title(_title("accuracy vs latency", records, ctx), fontsize=10, pad=16)
     ax.set_xlabel("latency of the deployment model (ms, batch 1)")
-    ax.set_ylabel("validation accuracy (one-shot supernet)" if "one-shot" in accuracy_kind(ctx)
+    ax.set_ylabel("validation accuracy (one-shot supernet)" if _oneshot(ctx)
                   else "validation accuracy (proxy child)")
     ax.grid(alpha=0.3)
     points = measured(records)
